@@ -1,0 +1,53 @@
+# tickhub developer loop. Two commands matter: `make up` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8080
+
+.PHONY: up test lint ui bench soak chromium clean
+
+# Runtime dependencies from the lock file (the Dockerfile installs the same file).
+$(VENV)/.runtime: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+# Test and lint tools on top of the runtime set.
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+	$(BIN)/python -m pip install -q -r requirements-dev.lock
+	touch $@
+
+# The dashboard's chart library, pinned in tickhub/ui/package-lock.json.
+ui: tickhub/ui/vendor/.installed
+tickhub/ui/vendor/.installed: tickhub/ui/package.json tickhub/ui/package-lock.json
+	cd tickhub/ui && npm ci --no-audit --no-fund --silent
+	mkdir -p tickhub/ui/vendor
+	cp tickhub/ui/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.mjs tickhub/ui/vendor/
+	cp tickhub/ui/node_modules/lightweight-charts/LICENSE tickhub/ui/vendor/lightweight-charts.LICENSE
+	touch $@
+
+up: $(VENV)/.runtime ui
+	$(BIN)/tickhub up --port $(PORT)
+
+# Debian's chromium for the browser tests (Playwright drives it; it never downloads one).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium from apt"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check tickhub tests bench
+	$(BIN)/ruff format --check tickhub tests bench
+
+test: $(VENV)/.dev ui chromium
+	$(BIN)/ruff check tickhub tests bench
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.dev ui
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) tickhub/ui/node_modules tickhub/ui/vendor .pytest_cache
