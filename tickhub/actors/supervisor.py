@@ -1,0 +1,168 @@
+"""The supervisor: the root nursery of a process, which starts actors, restarts the ones that
+may be restarted, and keeps a health record for each.
+
+An actor is an attrs object with `async def run(self, *, task_status)`. The supervisor builds
+a fresh incarnation from a factory on every (re)start, so state that must survive a restart
+lives outside the actor (its mailbox, owned by whoever created the channel, or Postgres).
+Restarts back off exponentially; more than `max_restarts` crashes inside `window_s` means
+the actor is crash-looping, and the supervisor fails the whole process rather than spin.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+import structlog
+import trio
+
+log = structlog.get_logger(actor="supervisor")
+
+
+class Actor(Protocol):
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
+class RestartBudgetExceeded(RuntimeError):
+    """An actor crashed more often than its restart budget allows."""
+
+
+@attrs.define
+class ActorHealth:
+    """What the ops endpoints report about one actor."""
+
+    name: str
+    restartable: bool
+    mailbox: Any = None  # a trio receive channel, for its depth
+    clock: Callable[[], float] = time.time
+    state: str = "starting"  # starting | running | restarting | stopped | failed
+    restarts: int = 0
+    last_error: str | None = None
+    last_activity: float | None = None
+    finished: trio.Event = attrs.field(factory=trio.Event)  # set once it stopped or failed
+
+    def touch(self) -> None:
+        self.last_activity = self.clock()
+
+    @property
+    def mailbox_depth(self) -> int:
+        if self.mailbox is None:
+            return 0
+        return self.mailbox.statistics().current_buffer_used
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "restarts": self.restarts,
+            "lastError": self.last_error,
+            "mailboxDepth": self.mailbox_depth,
+            "lastActivity": self.last_activity,
+        }
+
+
+@attrs.frozen
+class RestartPolicy:
+    max_restarts: int = 5
+    window_s: float = 60.0
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 10.0
+
+    def backoff(self, recent_crashes: int) -> float:
+        return min(self.backoff_initial_s * 2 ** max(recent_crashes - 1, 0), self.backoff_max_s)
+
+
+@attrs.define
+class Supervisor:
+    nursery: trio.Nursery
+    policy: RestartPolicy = attrs.field(factory=RestartPolicy)
+    actors: dict[str, ActorHealth] = attrs.field(factory=dict)
+    on_restart: Callable[[str], None] = lambda name: None
+
+    async def start(
+        self,
+        name: str,
+        factory: Callable[[ActorHealth], Actor],
+        *,
+        restart: bool = False,
+        mailbox: Any = None,
+    ) -> Any:
+        """Start an actor in the supervisor's nursery; return what it passed to `started()`."""
+        health = ActorHealth(name, restart, mailbox)
+        self.actors[name] = health
+        return await self.nursery.start(self._supervise, factory, health)
+
+    def table(self) -> list[dict[str, Any]]:
+        return [h.snapshot() for h in self.actors.values()]
+
+    @property
+    def healthy(self) -> bool:
+        return not any(h.state == "failed" for h in self.actors.values())
+
+    async def _supervise(
+        self,
+        factory: Callable[[ActorHealth], Actor],
+        health: ActorHealth,
+        *,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await self._incarnations(factory, health, task_status)
+        finally:
+            health.finished.set()
+
+    async def _incarnations(
+        self, factory: Callable[[ActorHealth], Actor], health: ActorHealth, task_status: Any
+    ) -> None:
+        actor_log = log.bind(actor=health.name)
+        crashes: deque[float] = deque()
+        status = _TrackedStatus(task_status)
+        while True:
+            actor = factory(health)
+            health.state = "running"
+            try:
+                await actor.run(task_status=status)
+            except Exception as exc:
+                if not status.called:
+                    health.state = "failed"
+                    raise  # an actor that cannot start is a start-up failure, not a crash
+                health.last_error = f"{type(exc).__name__}: {exc}"
+                now = trio.current_time()
+                crashes.append(now)
+                while crashes and crashes[0] < now - self.policy.window_s:
+                    crashes.popleft()
+                if not health.restartable or len(crashes) > self.policy.max_restarts:
+                    health.state = "failed"
+                    actor_log.error(
+                        "actor failed", error=health.last_error, restarts=health.restarts
+                    )
+                    raise RestartBudgetExceeded(
+                        f"actor {health.name} failed: {health.last_error}"
+                    ) from exc
+                delay = self.policy.backoff(len(crashes))
+                health.state = "restarting"
+                health.restarts += 1
+                self.on_restart(health.name)
+                actor_log.warning(
+                    "actor crashed; restarting", error=health.last_error, delay_s=delay
+                )
+                await trio.sleep(delay)
+            else:
+                health.state = "stopped"
+                return
+            status = _TrackedStatus(trio.TASK_STATUS_IGNORED, called=True)
+
+
+@attrs.define
+class _TrackedStatus:
+    """A task status that remembers whether the actor reported itself started."""
+
+    inner: Any
+    called: bool = False
+
+    def started(self, value: Any = None) -> None:
+        self.called = True
+        self.inner.started(value)

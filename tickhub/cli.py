@@ -1,0 +1,200 @@
+"""The `tickhub` command (also `python -m tickhub`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import attrs
+import click
+import httpx
+import trio
+
+from tickhub.config import Settings, SettingsError, data_path, load_settings
+from tickhub.logs import configure_logging
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level, settings.log_pretty)
+    return settings
+
+
+def _run(settings: Settings, on_serving: Any = None) -> None:
+    from tickhub.actors.roles import run_process
+
+    try:
+        trio.run(lambda: run_process(settings, on_serving=on_serving))
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        import structlog
+
+        structlog.get_logger(actor="process").exception("process failed", error=str(exc))
+        sys.exit(1)
+
+
+def _with_embedded_postgres(settings: Settings) -> tuple[Settings, Any]:
+    """With no DATABASE_URL, start (or reuse) the embedded PostgreSQL under the data dir."""
+    if settings.database_url:
+        return settings, None
+    from tickhub.sql.embedded import EmbeddedPostgres, EmbeddedPostgresError
+
+    embedded = EmbeddedPostgres(data_path(settings, "postgres") / "data")
+    try:
+        url = embedded.start()
+    except EmbeddedPostgresError as exc:
+        raise click.ClickException(str(exc)) from None
+    return attrs.evolve(settings, database_url=url), embedded
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """tickhub: market-data ticks in over webhooks, candles in PostgreSQL, live updates over SSE."""
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Port of the one server (default 8080).")
+@click.option("--no-feeder", is_flag=True, help="Do not start the synthetic feeder.")
+def up(port: int | None, no_feeder: bool) -> None:
+    """Everything in one process on this machine: embedded Postgres, all roles, the feeder."""
+    settings = _settings()
+    port = port or settings.port or 8080
+    keys = settings.api_keys or ("dev-key",)
+    roles = ("all",) if no_feeder else ("all", "feeder")
+    host = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
+    feeder = attrs.evolve(
+        settings.feeder,
+        base_url=f"http://127.0.0.1:{port}{settings.api_prefix}",
+        api_key=keys[0],
+    )
+    settings = attrs.evolve(
+        settings, roles=roles, port=port, host=host, api_key=keys[0], feeder=feeder
+    )
+    settings, embedded = _with_embedded_postgres(settings)
+
+    def serving(url: str) -> None:
+        click.echo(f"tickhub is up: dashboard http://127.0.0.1:{port}/  (API key {keys[0]!r})")
+        click.echo(f"  readiness http://127.0.0.1:{port}/ops/health/readiness  Ctrl-C stops")
+
+    try:
+        _run(settings, serving)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@main.command()
+@click.option(
+    "--role",
+    "roles",
+    default=None,
+    help="ROLE[,ROLE]: api, gateway, consumer, feeder, all (default: TICKHUB_ROLE, else all).",
+)
+def run(roles: str | None) -> None:
+    """Run the given roles (production entry point; binds HOST:PORT)."""
+    overrides = {"roles": tuple(r.strip() for r in roles.split(","))} if roles else {}
+    settings = _settings(**overrides)
+    embedded = None
+    if "all" in settings.roles:
+        settings, embedded = _with_embedded_postgres(settings)
+    try:
+        _run(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@main.group()
+def migrate() -> None:
+    """Apply, revert or list schema migrations (DATABASE_URL, else the embedded Postgres)."""
+
+
+def _with_db(work: Any) -> Any:
+    settings = _settings()
+    settings, embedded = _with_embedded_postgres(settings)
+
+    async def main_() -> Any:
+        import trio_asyncio
+
+        from tickhub.sql.db import open_database
+
+        async with trio_asyncio.open_loop(), open_database(settings.database_url) as db:
+            return await work(db)
+
+    try:
+        return trio.run(main_)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@migrate.command("up")
+def migrate_up_cmd() -> None:
+    """Apply every pending migration."""
+    from tickhub.sql.migrate import migrate_up
+
+    applied = _with_db(migrate_up)
+    click.echo("applied: " + ", ".join(applied) if applied else "up to date")
+
+
+@migrate.command("down")
+@click.argument("steps", type=click.IntRange(min=1), default=1)
+def migrate_down_cmd(steps: int) -> None:
+    """Revert the latest STEPS migrations (default 1)."""
+    from tickhub.sql.migrate import migrate_down
+
+    reverted = _with_db(lambda db: migrate_down(db, steps))
+    click.echo("reverted: " + ", ".join(reverted) if reverted else "nothing to revert")
+
+
+@migrate.command("status")
+def migrate_status_cmd() -> None:
+    """List migrations and whether each is applied."""
+    from tickhub.sql.migrate import migration_status
+
+    for name, applied in _with_db(migration_status):
+        click.echo(f"{'applied' if applied else 'pending':8} {name}")
+
+
+def _readiness(url: str) -> tuple[int, dict]:
+    try:
+        response = httpx.get(url.rstrip("/") + "/ops/health/readiness", timeout=5)
+        return response.status_code, response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise click.ClickException(f"cannot read readiness from {url}: {exc}") from None
+
+
+@main.command()
+@click.argument("url", default="http://127.0.0.1:8080")
+def status(url: str) -> None:
+    """The actor table of a running tickhub; exit 1 when it is not ready."""
+    code, body = _readiness(url)
+    click.echo(
+        f"{url}: {body.get('status', code)}  checks: "
+        + ", ".join(f"{k}={v}" for k, v in body.get("checks", {}).items())
+    )
+    rows = body.get("actors", [])
+    click.echo(f"{'ACTOR':32} {'STATE':10} {'RESTARTS':>8} {'MAILBOX':>7}  LAST ERROR")
+    for a in rows:
+        click.echo(
+            f"{a['name']:32} {a['state']:10} {a['restarts']:>8} {a['mailboxDepth']:>7}  "
+            f"{a.get('lastError') or ''}"
+        )
+    sys.exit(0 if code == 200 else 1)
+
+
+@main.command()
+def healthcheck() -> None:
+    """Exit 0 when the local process (PORT) is ready, 1 otherwise (container health check)."""
+    settings = load_settings()
+    try:
+        response = httpx.get(
+            f"http://127.0.0.1:{settings.default_port}/ops/health/readiness", timeout=4
+        )
+    except httpx.HTTPError:
+        sys.exit(1)
+    sys.exit(0 if response.status_code == 200 else 1)

@@ -1,0 +1,284 @@
+"""Settings: every environment variable tickhub reads, parsed once into frozen attrs objects.
+
+Each field names its variable in `metadata={"env": ...}`; `load_settings()` structures every
+raw string with cattrs and stops start-up with one line naming the variable and what it
+expects. Nothing else in tickhub reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import attrs
+import cattrs
+import platformdirs
+
+ROLES = ("api", "gateway", "consumer", "feeder", "all")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """A setting has a value tickhub cannot use; the message names the variable."""
+
+
+@attrs.frozen
+class PerSymbol:
+    """A number for every symbol: a default plus per-symbol overrides (`68000` or `BTC:1,ETH:2`)."""
+
+    default: float
+    overrides: tuple[tuple[str, float], ...] = ()
+
+    def for_symbol(self, symbol: str) -> float:
+        return dict(self.overrides).get(symbol, self.default)
+
+
+def env(name: str, default: Any = attrs.NOTHING, **kw: Any) -> Any:
+    """An attrs field read from the environment variable `name`."""
+    return attrs.field(default=default, metadata={"env": name}, **kw)
+
+
+def _positive(_inst: Any, att: attrs.Attribute, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise SettingsError(f"{att.metadata['env']}={value!r}: expected a number above 0")
+
+
+def _non_negative(_inst: Any, att: attrs.Attribute, value: float | None) -> None:
+    if value is not None and not value >= 0:
+        raise SettingsError(f"{att.metadata['env']}={value!r}: expected a number of at least 0")
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(_inst: Any, att: attrs.Attribute, value: str) -> None:
+        if value not in choices:
+            raise SettingsError(
+                f"{att.metadata['env']}={value!r}: expected one of {', '.join(choices)}"
+            )
+
+    return check
+
+
+def _roles(_inst: Any, att: attrs.Attribute, value: tuple[str, ...]) -> None:
+    bad = [r for r in value if r not in ROLES]
+    if bad or not value:
+        raise SettingsError(
+            f"{att.metadata['env']}={','.join(value)!r}: expected roles from {', '.join(ROLES)}"
+        )
+
+
+def _prefix(_inst: Any, att: attrs.Attribute, value: str) -> None:
+    if not value.startswith("/") or value.endswith("/"):
+        raise SettingsError(f"{att.metadata['env']}={value!r}: expected a path like /api/v1")
+
+
+def default_data_dir() -> str:
+    return platformdirs.user_data_dir("tickhub", appauthor=False)
+
+
+@attrs.frozen
+class FeederSettings:
+    """The feeder role: synthetic ticks posted to an api's webhook (names from the seed guide)."""
+
+    base_url: str = env("ORCHESTRATOR_BASE_URL", "http://127.0.0.1:8080/api/v1")
+    api_key: str = env("ORCHESTRATOR_API_KEY", "dev-key")
+    symbols: tuple[str, ...] = env("SYMBOLS", ("BTCUSDT", "ETHUSDT"))
+    rps: float = env("RPS", 5.0)
+    batch_size: int = env("BATCH_SIZE", 20, validator=_positive)
+    flush_ms: int = env("FLUSH_MS", 500, validator=_positive)
+    jitter: float = env("JITTER", 0.1)
+    price_base: PerSymbol = env(
+        "PRICE_BASE", PerSymbol(68000.0), validator=attrs.validators.instance_of(PerSymbol)
+    )
+    volatility: PerSymbol = env(
+        "VOLATILITY", PerSymbol(0.0005), validator=attrs.validators.instance_of(PerSymbol)
+    )
+    retry_attempts: int = env("RETRY_ATTEMPTS", 3, validator=_non_negative)
+    retry_backoff_ms: int = env("RETRY_BACKOFF_MS", 500, validator=_positive)
+    seed: int | None = env("SEED", None)
+    source: str = env("FEEDER_SOURCE", "feeder")
+    # How many ticks the feeder keeps while the api is unreachable before it stops generating.
+    buffer_max: int = env("FEEDER_BUFFER_MAX", 100_000, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if not 0.1 <= self.rps <= 100_000:
+            raise SettingsError(f"RPS={self.rps!r}: expected ticks per second from 0.1 to 100000")
+        if not 0 <= self.jitter < 1:
+            raise SettingsError(f"JITTER={self.jitter!r}: expected a fraction from 0 to below 1")
+        for name, per in (("PRICE_BASE", self.price_base), ("VOLATILITY", self.volatility)):
+            values = [per.default, *(v for _, v in per.overrides)]
+            if not all(v > 0 and math.isfinite(v) for v in values):
+                raise SettingsError(f"{name}: expected numbers above 0, got {values}")
+
+
+@attrs.frozen
+class Settings:
+    """Everything a tickhub process is configured with (ARCHITECTURE §5)."""
+
+    roles: tuple[str, ...] = env("TICKHUB_ROLE", ("all",), validator=_roles)
+    host: str = env("HOST", "0.0.0.0")
+    port: int | None = env("PORT", None, validator=_non_negative)  # 0: any free port
+    database_url: str | None = env("DATABASE_URL", None)
+    redis_url: str | None = env("REDIS_URL", None)
+    data_dir: str = env("TICKHUB_DATA_DIR", attrs.Factory(default_data_dir))
+    api_prefix: str = env("API_PREFIX", "/api/v1", validator=_prefix)
+    api_key: str | None = env("API_KEY", None)
+    api_keys_extra: tuple[str, ...] = env("API_KEYS", ())
+    queue_prefix: str = env("QUEUE_PREFIX", "realtime")
+    ticks_queue: str = env("TICKS_QUEUE", "ticks")
+    pubsub_channel: str = env("PUBSUB_CHANNEL", "ch:ticks")
+    cors_allow_origins: tuple[str, ...] = env("CORS_ALLOW_ORIGINS", ())
+    allow_origins: tuple[str, ...] = env("ALLOW_ORIGINS", ())
+    sse_keepalive_ms: int = env("SSE_KEEPALIVE_MS", 15_000, validator=_positive)
+    sse_client_buffer: int = env("SSE_CLIENT_BUFFER", 256, validator=_positive)
+    sse_retain_events: int = env("SSE_RETAIN_EVENTS", 10_000, validator=_positive)
+    batch_max: int = env("BATCH_MAX", 500, validator=_positive)
+    batch_flush_ms: int = env("BATCH_FLUSH_MS", 200, validator=_positive)
+    worker_concurrency: int = env("WORKER_CONCURRENCY", 1, validator=_positive)
+    ingest_timeout_ms: int = env("INGEST_TIMEOUT_MS", 2_000, validator=_positive)
+    # Ticks admitted into the pipeline but not yet committed; beyond it the webhook waits.
+    ingest_max_pending: int = env("INGEST_MAX_PENDING", 50_000, validator=_positive)
+    max_batch_items: int = env("MAX_BATCH_ITEMS", 5_000, validator=_positive)
+    max_body_bytes: int = env("MAX_BODY_BYTES", 1 << 20, validator=_positive)
+    max_future_skew_s: float = env("MAX_FUTURE_SKEW_S", 60.0, validator=_non_negative)
+    raw_audit: bool = env("RAW_AUDIT", True)
+    migrate_on_start: bool = env("MIGRATE_ON_START", True)
+    db_pool_size: int = env("DB_POOL_SIZE", 8, validator=_positive)
+    stop_timeout_s: float = env("STOP_TIMEOUT_S", 10.0, validator=_positive)
+    restart_max: int = env("RESTART_MAX", 5, validator=_positive)
+    restart_window_s: float = env("RESTART_WINDOW_S", 60.0, validator=_positive)
+    log_level: str = env("LOG_LEVEL", "info", validator=_one_of(LOG_LEVELS))
+    log_pretty: bool = env("LOG_PRETTY", False)
+    feeder: FeederSettings = attrs.field(factory=FeederSettings)
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        keys = (self.api_key, *self.api_keys_extra)
+        return tuple(k for k in keys if k)
+
+    @property
+    def default_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        if "all" in self.roles:
+            return 8080
+        if "api" in self.roles:
+            return 3030
+        if "gateway" in self.roles:
+            return 4000
+        return 9090
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+converter = cattrs.Converter()
+
+
+def _bool(raw: Any, _t: type) -> bool:
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected 1 or 0 (true/false)")
+
+
+def _int(raw: Any, _t: type) -> int:
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _float(raw: Any, _t: type) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _str_tuple(raw: Any, _t: type) -> tuple[str, ...]:
+    if isinstance(raw, tuple):
+        return raw
+    return tuple(part.strip() for part in str(raw).split(",") if part.strip())
+
+
+def _per_symbol(raw: Any, _t: type) -> PerSymbol:
+    """`68000`, `BTCUSDT:68000,ETHUSDT:3500`, or both (`100,BTCUSDT:68000`)."""
+    if isinstance(raw, PerSymbol):
+        return raw
+    default: float | None = None
+    overrides: list[tuple[str, float]] = []
+    for part in (p.strip() for p in str(raw).split(",")):
+        if not part:
+            continue
+        symbol, sep, number = part.rpartition(":")
+        value = _float(number, float)
+        if sep:
+            overrides.append((symbol.strip().upper(), value))
+        elif default is None:
+            default = value
+        else:
+            raise ValueError("expected one scalar and SYMBOL:value pairs")
+    if default is None and not overrides:
+        raise ValueError("expected a number or SYMBOL:value pairs")
+    fallback = default if default is not None else overrides[0][1]
+    return PerSymbol(fallback, tuple(overrides))
+
+
+converter.register_structure_hook(bool, _bool)
+converter.register_structure_hook(int, _int)
+converter.register_structure_hook(float, _float)
+converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
+converter.register_structure_hook(PerSymbol, _per_symbol)
+
+
+attrs.resolve_types(FeederSettings)
+attrs.resolve_types(Settings)
+
+
+def _structure_field(att: attrs.Attribute, raw: str) -> Any:
+    typ = att.type
+    if get_origin(typ) is not None and type(None) in get_args(typ):  # `X | None`
+        if raw.strip() == "":
+            return None
+        typ = next(a for a in get_args(typ) if a is not type(None))
+    return converter.structure(raw, typ)
+
+
+def _load(cls: type, environ: Mapping[str, str]) -> Any:
+    values: dict[str, Any] = {}
+    for att in attrs.fields(cls):
+        name = att.metadata.get("env")
+        if name is None or name not in environ:
+            continue
+        raw = environ[name]
+        try:
+            values[att.name] = _structure_field(att, raw)
+        except (ValueError, TypeError, cattrs.BaseValidationError) as exc:
+            reason = exc.args[0] if exc.args else "invalid value"
+            raise SettingsError(f"{name}={raw!r}: {reason}") from None
+    return values
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Parse the environment (or `environ`) into Settings; raise SettingsError naming the variable."""
+    environ = os.environ if environ is None else environ
+    feeder = FeederSettings(**_load(FeederSettings, environ))
+    values = _load(Settings, environ)
+    values.update(overrides)
+    return Settings(feeder=feeder, **values)
+
+
+def data_path(settings: Settings, *parts: str) -> Path:
+    path = Path(settings.data_dir, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

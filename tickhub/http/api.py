@@ -1,0 +1,237 @@
+"""The api role's routes: webhooks (ingest with a durable ack), queries, and its health paths.
+
+`POST /webhooks/ticks` answers 202 only once the whole batch is committed; a batch that finds
+no room within INGEST_TIMEOUT_MS, or whose flush fails, gets 503 with Retry-After and nothing
+of it is stored (the writer commits a batch whole or not at all).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import orjson
+import structlog
+import trio
+from quart import Blueprint, Response, request
+
+from tickhub import metrics
+from tickhub.actors.pipeline import Overloaded
+from tickhub.http.errors import ApiError, unavailable
+from tickhub.http.services import services
+from tickhub.http.validation import BadRequest, Invalid, load_json, parse_symbols, parse_ticks
+from tickhub.sql.db import DatabaseUnavailable
+from tickhub.sql.queries import INTERVALS, WINDOWS
+
+log = structlog.get_logger(actor="api")
+
+CANDLE_VIEWS = {"ohlc1m", "ohlc"}
+HISTORY_LIMIT_MAX = 2000
+CANDLE_LIMIT_MAX = 2000
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def check_api_key() -> None:
+    keys = services().settings.api_keys
+    given = request.headers.get("x-api-key", "")
+    if not given:
+        raise ApiError(401, "missing x-api-key header", headers={"WWW-Authenticate": "ApiKey"})
+    # Compare against every key, always, so timing says nothing about which one matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given.encode(), key.encode())
+    if not matched:
+        raise ApiError(401, "invalid API key", headers={"WWW-Authenticate": "ApiKey"})
+
+
+async def read_json_body() -> Any:
+    settings = services().settings
+    mimetype = request.mimetype
+    if mimetype != "application/json":
+        raise ApiError(415, "expected Content-Type: application/json")
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise ApiError(413, f"body larger than {settings.max_body_bytes} bytes")
+    body = await request.get_data(cache=False)
+    if len(body) > settings.max_body_bytes:
+        raise ApiError(413, f"body larger than {settings.max_body_bytes} bytes")
+    try:
+        return load_json(body)
+    except BadRequest as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def make_blueprint(prefix: str) -> Blueprint:
+    bp = Blueprint("api", __name__, url_prefix=prefix)
+
+    @bp.post("/webhooks/ticks")
+    async def ingest_ticks() -> Response:
+        try:
+            return await _ingest_ticks()
+        except ApiError as exc:
+            metrics.INGEST_REQUESTS.labels(str(exc.status)).inc()
+            raise
+
+    @bp.post("/webhooks/symbols")
+    async def upsert_symbols() -> Response:
+        check_api_key()
+        svc = services()
+        doc = await read_json_body()
+        try:
+            rows = parse_symbols(doc, max_items=svc.settings.max_batch_items)
+        except Invalid as exc:
+            raise ApiError(422, "invalid symbols", exc.details) from None
+        count = await _db(svc.queries.upsert_symbols(rows))
+        return json_response({"upserted": count, "skipped": 0}, 202)
+
+    @bp.get("/symbols")
+    async def list_symbols() -> Response:
+        return json_response(await _db(services().queries.symbols()))
+
+    @bp.get("/ticks/<symbol>")
+    async def latest_tick(symbol: str) -> Response:
+        tick = await _db(services().queries.latest_tick(symbol.upper()))
+        if tick is None:
+            raise ApiError(404, f"no ticks for {symbol.upper()}")
+        return json_response(tick)
+
+    @bp.get("/ticks/<symbol>/history")
+    async def history(symbol: str) -> Response:
+        queries = services().queries
+        symbol = symbol.upper()
+        args = request.args
+        view = args.get("view")
+        if args.get("agg") == "1m" or args.get("shape") == "candle":
+            view = view or "ohlc1m"
+        before_us = _before(args.get("before"))
+        if view is None or view == "raw":
+            limit = _int_arg("limit", 200, 1, HISTORY_LIMIT_MAX)
+            return json_response(await _db(queries.history(symbol, limit, before_us)))
+        if view not in CANDLE_VIEWS:
+            raise ApiError(400, "view must be raw, ohlc1m or ohlc")
+        interval = args.get("interval", "1m") if view == "ohlc" else "1m"
+        if interval not in INTERVALS:
+            raise ApiError(400, f"interval must be one of {', '.join(INTERVALS)}")
+        limit = _int_arg("limit", 200, 1, CANDLE_LIMIT_MAX)
+        fill = _bool_arg("fill")
+        page = await _db(queries.candles(symbol, INTERVALS[interval], limit, before_us, fill))
+        return json_response(page)
+
+    @bp.get("/metrics/<symbol>")
+    async def symbol_metrics(symbol: str) -> Response:
+        window = request.args.get("window", "1m")
+        if window not in WINDOWS:
+            raise ApiError(400, f"window must be one of {', '.join(WINDOWS)}")
+        result = await _db(services().queries.metrics(symbol.upper(), WINDOWS[window]))
+        if result is None:
+            raise ApiError(404, f"no ticks for {symbol.upper()}")
+        return json_response(result)
+
+    @bp.get("/stats")
+    async def stats() -> Response:
+        svc = services()
+        body = await _db(svc.queries.stats())
+        body["queue"] = queue_stats(svc)
+        return json_response(body)
+
+    return bp
+
+
+def queue_stats(svc: Any) -> dict[str, int]:
+    pipeline = svc.pipeline
+    if pipeline is None:
+        return {"pending": 0, "inFlight": 0, "completed": 0, "failed": 0}
+    queued = pipeline.writer.queued_rows if pipeline.writer else 0
+    return {
+        "pending": queued,
+        "inFlight": max(pipeline.admission.pending - queued, 0),
+        "completed": pipeline.completed,
+        "failed": pipeline.failed,
+    }
+
+
+async def _ingest_ticks() -> Response:
+    check_api_key()
+    svc = services()
+    settings = svc.settings
+    doc = await read_json_body()
+    now_us = time.time_ns() // 1000
+    try:
+        batch = parse_ticks(
+            doc,
+            now_us=now_us,
+            max_items=settings.max_batch_items,
+            max_skew_s=settings.max_future_skew_s,
+        )
+    except Invalid as exc:
+        items = doc.get("items") if isinstance(doc, dict) else None
+        metrics.INGEST_TICKS.labels("rejected").inc(len(items) if isinstance(items, list) else 0)
+        raise ApiError(422, "invalid ticks", exc.details) from None
+    try:
+        receipt = await svc.pipeline.submit(batch.parts, batch.items)
+    except Overloaded:
+        raise unavailable("ingest is saturated; retry later") from None
+    await receipt.done.wait()
+    if receipt.failed:
+        log.warning("batch not stored", items=batch.items, error=str(receipt.error))
+        raise unavailable("storage is unavailable; nothing of this batch was stored")
+    metrics.INGEST_TICKS.labels("accepted").inc(receipt.accepted)
+    metrics.INGEST_TICKS.labels("duplicate").inc(receipt.duplicates)
+    metrics.INGEST_REQUESTS.labels("202").inc()
+    return json_response(
+        {
+            "accepted": receipt.accepted,
+            "duplicates": receipt.duplicates,
+            "queued": batch.items,
+            "rejected": 0,
+            "skipped": 0,
+        },
+        202,
+    )
+
+
+async def _db(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except DatabaseUnavailable:
+        raise unavailable("database unavailable") from None
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be from {low} to {high}")
+    return value
+
+
+def _bool_arg(name: str) -> bool:
+    raw = request.args.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ApiError(400, f"{name} must be true or false")
+    return raw in ("true", "1")
+
+
+def _before(raw: str | None) -> int:
+    """`before` as epoch microseconds (exclusive); default: after everything stored."""
+    if raw is None:
+        return (time.time_ns() // 1000) + 10**12  # far future: newest first from the top
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "before must be epoch seconds") from None
+    if not 0 <= value < 1e11:
+        raise ApiError(400, "before must be epoch seconds")
+    return round(value * 1_000_000)
+
+
+__all__ = ["json_response", "make_blueprint", "trio"]

@@ -1,0 +1,93 @@
+"""One quart-trio app per process, assembled from the blueprints of its roles, served by
+hypercorn's trio worker inside the supervisor's nursery.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from tickhub.http import api, errors, ops, sse, ui
+from tickhub.http.services import Services
+
+ROLE_ROUTES = {
+    "api": ("api", "ui"),
+    "gateway": ("gateway",),
+    "consumer": (),
+    "feeder": (),
+}
+
+
+def create_app(svc: Services) -> QuartTrio:
+    app = QuartTrio("tickhub")
+    app.extensions["tickhub"] = svc
+    settings = svc.settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = 30
+    errors.install(app)
+    parts = {part for role in svc.enabled_roles for part in ROLE_ROUTES[role]}
+    app.register_blueprint(ops.make_ops_blueprint())
+    if "api" in parts:
+        app.register_blueprint(api.make_blueprint(settings.api_prefix))
+        app.register_blueprint(ops.make_health_blueprint("api_health", settings.api_prefix))
+    if "gateway" in parts:
+        app.register_blueprint(sse.make_blueprint())
+        app.register_blueprint(ops.make_health_blueprint("gateway_health", ""))
+    if "ui" in parts:
+        app.register_blueprint(ui.make_blueprint())
+    _install_cors(app, settings.cors_allow_origins, settings.allow_origins)
+    return app
+
+
+def _install_cors(
+    app: QuartTrio, api_origins: tuple[str, ...], stream_origins: tuple[str, ...]
+) -> None:
+    """CORS pinned to configured origins: CORS_ALLOW_ORIGINS for REST, ALLOW_ORIGINS for SSE."""
+
+    def allowed(origin: str) -> bool:
+        origins = stream_origins if request.path.startswith("/realtime/") else api_origins
+        return "*" in origins or origin in origins
+
+    @app.after_request
+    async def add_cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+                response.headers["Access-Control-Allow-Headers"] = (
+                    "Content-Type, x-api-key, Authorization, Last-Event-ID, x-request-id"
+                )
+                response.headers["Access-Control-Max-Age"] = "600"
+            response.headers["Access-Control-Expose-Headers"] = "x-request-id, Retry-After"
+        return response
+
+
+def hypercorn_config(host: str, port: int) -> Config:
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 5
+    config.keep_alive_timeout = 75
+    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
+    return config
+
+
+async def serve_app(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    stop: trio.Event,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `stop` is set; report the bound port(s) to the starter."""
+    config = hypercorn_config(host, port)
+    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)

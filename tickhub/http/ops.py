@@ -1,0 +1,38 @@
+"""Health and metrics routes: `/ops/*` on every server, plus each role's own health paths
+(api: `{prefix}/health/*`, gateway: `/health/*`). Readiness is 503 while a dependency is
+unreachable or an actor has failed, with the failing check and the actor table.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Blueprint, Response
+
+from tickhub.http.api import json_response
+from tickhub.http.services import services
+
+
+async def liveness() -> Response:
+    return json_response({"ok": True})
+
+
+async def readiness() -> Response:
+    ok, body = await services().readiness()
+    return json_response(body, 200 if ok else 503)
+
+
+async def prometheus() -> Response:
+    return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def make_health_blueprint(name: str, prefix: str) -> Blueprint:
+    bp = Blueprint(name, __name__, url_prefix=prefix)
+    bp.add_url_rule("/health/liveness", "liveness", liveness, methods=["GET"])
+    bp.add_url_rule("/health/readiness", "readiness", readiness, methods=["GET"])
+    return bp
+
+
+def make_ops_blueprint() -> Blueprint:
+    bp = make_health_blueprint("ops", "/ops")
+    bp.add_url_rule("/metrics", "metrics", prometheus, methods=["GET"])
+    return bp

@@ -1,0 +1,53 @@
+"""What the HTTP handlers of a process can reach: settings, supervisor, and whichever of the
+database, pipeline, hub and feeder this process's roles run (None when they do not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from quart import current_app
+
+from tickhub.actors.hub import Hub
+from tickhub.actors.pipeline import Pipeline
+from tickhub.actors.supervisor import Supervisor
+from tickhub.config import Settings
+from tickhub.sql.db import Database
+from tickhub.sql.queries import Queries
+
+
+@attrs.define
+class Services:
+    settings: Settings
+    supervisor: Supervisor
+    db: Database | None = None
+    pipeline: Pipeline | None = None
+    hub: Hub | None = None
+    feeder: Any = None
+    enabled_roles: tuple[str, ...] = ("api", "gateway", "consumer")
+    queries: Queries | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.db is not None:
+            self.queries = Queries(self.db)
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, str] = {}
+        if self.db is not None:
+            checks["db"] = "ok" if await self.db.ping() else "unreachable"
+        checks["redis"] = "n/a"
+        if self.feeder is not None:
+            checks["feeder"] = "ok" if self.feeder.ready() else "not posting"
+        actors_ok = self.supervisor.healthy
+        ok = actors_ok and all(v in ("ok", "n/a") for v in checks.values())
+        body = {
+            "status": "ready" if ok else "not_ready",
+            "checks": checks,
+            "actors": self.supervisor.table(),
+        }
+        return ok, body
+
+
+def services() -> Services:
+    return current_app.extensions["tickhub"]

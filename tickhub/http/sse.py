@@ -1,0 +1,66 @@
+"""The gateway role's live stream, `GET /realtime/ticks`: one subscriber per connection.
+
+The response never times out while the client is connected; when the client goes away the
+response task is cancelled and the `finally` below removes its subscriber at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from quart import Blueprint, Response, request
+
+from tickhub.actors.hub import hello_frame
+from tickhub.http.errors import ApiError
+from tickhub.http.services import services
+from tickhub.http.validation import SYMBOL
+
+
+def _symbols() -> frozenset[str] | None:
+    raw = request.args.get("symbols") or request.args.get("symbol")
+    if not raw:
+        return None
+    symbols = frozenset(s.strip().upper() for s in raw.split(",") if s.strip())
+    bad = [s for s in symbols if not SYMBOL.fullmatch(s)]
+    if bad or len(symbols) > 100:
+        raise ApiError(400, "symbols must be up to 100 valid symbols, comma-separated")
+    return symbols or None
+
+
+def _last_event_id() -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return -1  # not one of ours: the client gets a reset and reloads
+
+
+def make_blueprint() -> Blueprint:
+    bp = Blueprint("gateway", __name__)
+
+    @bp.get("/realtime/ticks")
+    async def stream() -> Response:
+        svc = services()
+        hub = svc.hub
+        symbols = _symbols()
+        subscriber = hub.subscribe(symbols, _last_event_id())
+        keepalive_s = svc.settings.sse_keepalive_ms / 1000
+        hello = hello_frame(int(time.time() * 1000), symbols)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in subscriber.frames(hello, keepalive_s):
+                    yield chunk
+            finally:
+                hub.unsubscribe(subscriber)
+
+        response = Response(body(), content_type="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        response.timeout = None
+        return response
+
+    return bp

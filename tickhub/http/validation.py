@@ -1,0 +1,252 @@
+"""Webhook body validation: one pass over the items into columns, every problem collected.
+
+Per-tick work is the hot path of ingest, so there is no object per tick: each field goes
+straight into a list, and a batch with any problem is rejected whole with the list of
+`{index, field, message}` (API.md). Pure functions; the HTTP layer maps the exceptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import orjson
+
+from tickhub.actors.messages import TickColumns
+
+SYMBOL = re.compile(r"[A-Z0-9._:/\-]{1,32}")
+SOURCE = re.compile(r"[A-Za-z0-9._:/\-]{1,64}")
+MIN_TS_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z
+MS_THRESHOLD = 1e11  # above this a numeric ts is epoch milliseconds
+MAX_KEY_LEN = 128
+DEFAULT_SOURCE = "webhook"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BadRequest(ValueError):
+    """The body is not JSON (400)."""
+
+
+@attrs.define
+class Invalid(ValueError):
+    """The body is JSON but not a valid batch (422); `details` lists every problem."""
+
+    details: list[dict[str, Any]]
+
+    def __str__(self) -> str:
+        return f"{len(self.details)} invalid field(s)"
+
+
+@attrs.frozen
+class TickBatch:
+    source: str
+    items: int
+    parts: list[TickColumns]
+
+
+def load_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def parse_ts(value: Any, now_us: int, max_skew_us: int) -> int | str:
+    """Epoch microseconds, or an error message."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return "expected epoch seconds, milliseconds or an ISO-8601 time"
+        if parsed.tzinfo is None:
+            return "an ISO-8601 time needs a zone (Z or +hh:mm)"
+        delta = parsed - EPOCH
+        ts_us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    else:
+        number = _number(value)
+        if number is None or not math.isfinite(number):
+            return "expected a number or an ISO-8601 string"
+        # A number above 1e11 is epoch milliseconds (1e11 s is the year 5138).
+        ts_us = round(number * 1_000) if number > MS_THRESHOLD else round(number * 1_000_000)
+    if ts_us < MIN_TS_US:
+        return "before 2000-01-01"
+    if ts_us > now_us + max_skew_us:
+        return f"more than {max_skew_us // 1_000_000} s in the future"
+    return ts_us
+
+
+def derived_key(source: str, symbol: str, ts_us: int, price: float, volume: float) -> str:
+    raw = f"{source}|{symbol}|{ts_us}|{price!r}|{volume!r}".encode()
+    return "d:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def parse_ticks(
+    doc: Any, *, now_us: int, max_items: int, max_skew_s: float, received_us: int | None = None
+) -> TickBatch:
+    """Validate a decoded webhook body into per-symbol columns; raise Invalid."""
+    if not isinstance(doc, dict):
+        raise Invalid([{"index": None, "field": "body", "message": "expected a JSON object"}])
+    source = doc.get("source", DEFAULT_SOURCE)
+    problems: list[dict[str, Any]] = []
+    if not isinstance(source, str) or not SOURCE.fullmatch(source):
+        problems.append(
+            {
+                "index": None,
+                "field": "source",
+                "message": "expected 1-64 characters of A-Z a-z 0-9 . _ : / -",
+            }
+        )
+        source = DEFAULT_SOURCE
+    items = doc.get("items")
+    if not isinstance(items, list):
+        problems.append({"index": None, "field": "items", "message": "expected a list of ticks"})
+        raise Invalid(problems)
+    if not 1 <= len(items) <= max_items:
+        problems.append(
+            {
+                "index": None,
+                "field": "items",
+                "message": f"expected 1 to {max_items} items, got {len(items)}",
+            }
+        )
+        raise Invalid(problems)
+
+    max_skew_us = int(max_skew_s * 1_000_000)
+    columns: dict[str, tuple[list, list, list, list]] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.append({"index": index, "field": "item", "message": "expected an object"})
+            continue
+        bad = len(problems)
+        symbol = item.get("symbol")
+        if isinstance(symbol, str):
+            symbol = symbol.upper()
+        if not isinstance(symbol, str) or not SYMBOL.fullmatch(symbol):
+            problems.append(
+                {
+                    "index": index,
+                    "field": "symbol",
+                    "message": "expected 1-32 characters of A-Z 0-9 . _ : / -",
+                }
+            )
+        price = _number(item.get("price"))
+        if price is None or not math.isfinite(price) or price <= 0:
+            problems.append(
+                {"index": index, "field": "price", "message": "expected a finite number above 0"}
+            )
+        volume = _number(item.get("volume", 0))
+        if volume is None or not math.isfinite(volume) or volume < 0:
+            problems.append(
+                {
+                    "index": index,
+                    "field": "volume",
+                    "message": "expected a finite number of at least 0",
+                }
+            )
+        if "ts" not in item:
+            problems.append({"index": index, "field": "ts", "message": "required"})
+            ts_us: int | str = 0
+        else:
+            ts_us = parse_ts(item["ts"], now_us, max_skew_us)
+            if isinstance(ts_us, str):
+                problems.append({"index": index, "field": "ts", "message": ts_us})
+        key = item.get("idempotencyKey")
+        if key is not None and (
+            not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LEN or not key.isprintable()
+        ):
+            problems.append(
+                {
+                    "index": index,
+                    "field": "idempotencyKey",
+                    "message": f"expected 1-{MAX_KEY_LEN} printable characters",
+                }
+            )
+        if len(problems) > bad:
+            continue
+        if key is None:
+            key = derived_key(source, symbol, ts_us, price, volume)
+        cols = columns.get(symbol)
+        if cols is None:
+            cols = columns[symbol] = ([], [], [], [])
+        cols[0].append(key)
+        cols[1].append(ts_us)
+        cols[2].append(price)
+        cols[3].append(volume)
+    if problems:
+        raise Invalid(problems)
+    received = now_us if received_us is None else received_us
+    parts = [
+        TickColumns(symbol, source, received, keys, ts, prices, volumes)
+        for symbol, (keys, ts, prices, volumes) in columns.items()
+    ]
+    return TickBatch(source, len(items), parts)
+
+
+@attrs.frozen
+class SymbolRow:
+    symbol: str
+    base: str
+    quote: str
+    active: bool
+
+
+def parse_symbols(doc: Any, *, max_items: int) -> list[SymbolRow]:
+    """Validate a `POST /webhooks/symbols` body; raise Invalid."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        raise Invalid([{"index": None, "field": "items", "message": "expected a list of symbols"}])
+    items = doc["items"]
+    if not 1 <= len(items) <= max_items:
+        raise Invalid(
+            [
+                {
+                    "index": None,
+                    "field": "items",
+                    "message": f"expected 1 to {max_items} items, got {len(items)}",
+                }
+            ]
+        )
+    problems: list[dict[str, Any]] = []
+    rows = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.append({"index": index, "field": "item", "message": "expected an object"})
+            continue
+        symbol = item.get("symbol")
+        symbol = symbol.upper() if isinstance(symbol, str) else symbol
+        if not isinstance(symbol, str) or not SYMBOL.fullmatch(symbol):
+            problems.append(
+                {
+                    "index": index,
+                    "field": "symbol",
+                    "message": "expected 1-32 characters of A-Z 0-9 . _ : / -",
+                }
+            )
+            continue
+        fields = {}
+        for name in ("base", "quote"):
+            value = item.get(name, "")
+            if not isinstance(value, str) or len(value) > 32 or not value.isprintable():
+                problems.append(
+                    {"index": index, "field": name, "message": "expected up to 32 characters"}
+                )
+            fields[name] = value if isinstance(value, str) else ""
+        active = item.get("active", True)
+        if not isinstance(active, bool):
+            problems.append(
+                {"index": index, "field": "active", "message": "expected true or false"}
+            )
+            active = True
+        rows.append(SymbolRow(symbol, fields["base"].upper(), fields["quote"].upper(), active))
+    if problems:
+        raise Invalid(problems)
+    return rows

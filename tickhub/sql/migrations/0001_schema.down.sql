@@ -1,0 +1,7 @@
+DROP TABLE IF EXISTS source_stats;
+DROP TABLE IF EXISTS metrics_1m;
+DROP TABLE IF EXISTS ohlc_1m;
+DROP VIEW IF EXISTS ticks_recent;
+DROP TABLE IF EXISTS ticks_history;
+DROP TABLE IF EXISTS ticks_raw;
+DROP TABLE IF EXISTS symbols;

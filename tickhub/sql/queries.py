@@ -1,0 +1,218 @@
+"""The read side of API.md: symbols, latest tick, raw history, candles with SMA10, metrics
+windows and stats. Coarser candles and SMA10 are computed here, in SQL, from `ohlc_1m`, with
+the same arithmetic the flush uses for live events — so REST and SSE agree to the digit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from tickhub.sql.db import Database
+from tickhub.sql.store import split_symbol
+
+INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
+WINDOWS = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
+ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
+SMA_WINDOW = 10
+
+
+def _ts_expr(us: str) -> str:
+    return f"timestamptz 'epoch' + ({us})::int8 * interval '1 microsecond'"
+
+
+@attrs.define
+class Queries:
+    db: Database
+
+    async def symbols(self) -> list[dict[str, Any]]:
+        rows = await self.db.fetch(
+            "SELECT symbol, base, quote, active FROM symbols WHERE active ORDER BY symbol"
+        )
+        return [dict(r) for r in rows]
+
+    async def upsert_symbols(self, rows: list[Any]) -> int:
+        derived = [split_symbol(r.symbol) for r in rows]
+        await self.db.execute(
+            """
+            INSERT INTO symbols AS s (symbol, base, quote, active)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[])
+            ON CONFLICT (symbol) DO UPDATE SET
+                base = EXCLUDED.base, quote = EXCLUDED.quote, active = EXCLUDED.active,
+                updated_at = now()
+            """,
+            [r.symbol for r in rows],
+            [r.base or d[0] for r, d in zip(rows, derived, strict=True)],
+            [r.quote or d[1] for r, d in zip(rows, derived, strict=True)],
+            [r.active for r in rows],
+        )
+        return len(rows)
+
+    async def latest_tick(self, symbol: str) -> dict[str, Any] | None:
+        row = await self.db.fetchrow(
+            """
+            SELECT symbol, extract(epoch FROM ts)::float8 AS ts, price, volume
+            FROM ticks_history WHERE symbol = $1
+            ORDER BY ts DESC, idem_key DESC LIMIT 1
+            """,
+            symbol,
+        )
+        return dict(row) if row else None
+
+    async def history(self, symbol: str, limit: int, before_us: int) -> dict[str, Any]:
+        """Raw ticks newest first. A page never ends inside a group of ticks sharing one ts,
+        so `before = nextCursor` continues with no gap and no repeat."""
+        rows = await self.db.fetch(
+            f"""
+            SELECT (extract(epoch FROM ts) * 1000000)::int8 AS ts_us, price, volume
+            FROM ticks_history
+            WHERE symbol = $1 AND ts < {_ts_expr("$2")}
+            ORDER BY ts DESC, idem_key DESC LIMIT $3
+            """,
+            symbol,
+            before_us,
+            limit + 1,
+        )
+        more = len(rows) > limit
+        page = rows[:limit]
+        if more and page[-1]["ts_us"] == rows[limit]["ts_us"]:
+            boundary = page[-1]["ts_us"]
+            trimmed = [r for r in page if r["ts_us"] != boundary]
+            if trimmed:
+                page = trimmed
+            else:  # more than `limit` ticks in one microsecond: the page takes them all
+                page = await self.db.fetch(
+                    f"""
+                    SELECT (extract(epoch FROM ts) * 1000000)::int8 AS ts_us, price, volume
+                    FROM ticks_history WHERE symbol = $1 AND ts = {_ts_expr("$2")}
+                    ORDER BY idem_key DESC
+                    """,
+                    symbol,
+                    boundary,
+                )
+        items = [
+            {"symbol": symbol, "ts": r["ts_us"] / 1e6, "price": r["price"], "volume": r["volume"]}
+            for r in page
+        ]
+        cursor = page[-1]["ts_us"] / 1e6 if more and page else None
+        return {"items": items, "nextCursor": cursor}
+
+    async def candles(
+        self, symbol: str, interval_s: int, limit: int, before_us: int, fill: bool
+    ) -> dict[str, Any]:
+        """The latest `limit` candles before `before`, oldest first, with SMA10."""
+        look = limit + SMA_WINDOW - 1
+        step = f"interval '{int(interval_s)} seconds'"  # from the INTERVALS whitelist
+        if interval_s == 60:
+            source = f"""
+                SELECT o.bucket_start AS bucket, o.open, o.high, o.low, o.close, o.volume,
+                       o.count, m.pv_sum
+                FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
+                WHERE o.symbol = $1 AND o.bucket_start < {_ts_expr("$2")}
+                ORDER BY o.bucket_start DESC LIMIT $3
+            """
+        else:
+            source = f"""
+                SELECT date_bin({step}, o.bucket_start, {ORIGIN}) AS bucket,
+                       (array_agg(o.open ORDER BY o.bucket_start))[1] AS open,
+                       max(o.high) AS high, min(o.low) AS low,
+                       (array_agg(o.close ORDER BY o.bucket_start DESC))[1] AS close,
+                       sum(o.volume) AS volume, sum(o.count)::int8 AS count,
+                       sum(m.pv_sum) AS pv_sum
+                FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
+                WHERE o.symbol = $1
+                  AND o.bucket_start < date_bin({step},
+                                                {_ts_expr("$2")} - interval '1 microsecond',
+                                                {ORIGIN}) + {step}
+                GROUP BY 1
+                HAVING date_bin({step}, o.bucket_start, {ORIGIN})
+                       < {_ts_expr("$2")}
+                ORDER BY 1 DESC LIMIT $3
+            """
+        series = _filled(source, step) if fill else f"SELECT * FROM ({source}) c"
+        sql = f"""
+            WITH series AS ({series})
+            SELECT extract(epoch FROM bucket)::int8 AS ts, open, high, low, close, volume,
+                   count, CASE WHEN volume > 0 THEN pv_sum / volume END AS vwap,
+                   CASE WHEN count(*) OVER w = {SMA_WINDOW} THEN avg(close) OVER w END AS sma10
+            FROM series
+            WINDOW w AS (ORDER BY bucket ROWS {SMA_WINDOW - 1} PRECEDING)
+            ORDER BY bucket DESC LIMIT $4
+        """
+        rows = await self.db.fetch(sql, symbol, before_us, look, limit)
+        rows.reverse()
+        items = [{"symbol": symbol, **dict(r)} for r in rows]
+        cursor = items[0]["ts"] if len(rows) == limit else None
+        return {"items": items, "nextCursor": cursor}
+
+    async def metrics(self, symbol: str, window_s: int) -> dict[str, Any] | None:
+        row = await self.db.fetchrow(
+            f"""
+            WITH latest AS (
+                SELECT date_bin($2 * interval '1 second', bucket_start, {ORIGIN}) AS w
+                FROM metrics_1m WHERE symbol = $1 ORDER BY bucket_start DESC LIMIT 1
+            )
+            SELECT extract(epoch FROM latest.w)::int8 AS "windowStart",
+                   extract(epoch FROM latest.w + $2 * interval '1 second')::int8 AS "windowEnd",
+                   sum(m.count)::int8 AS count,
+                   (array_agg(o.open ORDER BY m.bucket_start))[1] AS open,
+                   min(m.min) AS min, max(m.max) AS max,
+                   sum(m.sum) / sum(m.count) AS avg,
+                   CASE WHEN sum(m.volume) > 0 THEN sum(m.pv_sum) / sum(m.volume) END AS vwap,
+                   sum(m.volume) AS volume,
+                   (array_agg(m.last ORDER BY m.last_ts DESC, m.last_key DESC))[1] AS last
+            FROM latest
+            JOIN metrics_1m m ON m.symbol = $1 AND m.bucket_start >= latest.w
+                             AND m.bucket_start < latest.w + $2 * interval '1 second'
+            JOIN ohlc_1m o USING (symbol, bucket_start)
+            GROUP BY latest.w
+            """,
+            symbol,
+            window_s,
+        )
+        return {"symbol": symbol, **dict(row)} if row else None
+
+    async def stats(self) -> dict[str, Any]:
+        rows = await self.db.fetch(
+            """SELECT source, ticks, extract(epoch FROM last_ts)::float8 AS last_ts,
+                      extract(epoch FROM last_ingest_at)::float8 AS last_ingest_at
+               FROM source_stats ORDER BY source"""
+        )
+        symbols = await self.db.fetchval("SELECT count(*) FROM symbols WHERE active")
+        return {
+            "ticksTotal": sum(r["ticks"] for r in rows),
+            "symbols": symbols,
+            "lastIngestAt": max((r["last_ingest_at"] for r in rows), default=None),
+            "sources": {r["source"]: {"ticks": r["ticks"], "lastTs": r["last_ts"]} for r in rows},
+        }
+
+
+def _filled(source: str, step: str) -> str:
+    """Candles plus flat zero-volume ones for the empty buckets between them, each repeating
+    the previous close. The grid is the $3 buckets (page plus SMA look-back) ending at the
+    latest candle; any candle inside it is among the latest $3 candles, so `c` has them all.
+    Buckets before the first candle of the grid have no previous close and are left out."""
+    return f"""
+        WITH c AS ({source}),
+        grid AS (
+            SELECT generate_series(max(bucket) - ($3 - 1) * {step},
+                                   max(bucket), {step}) AS bucket
+            FROM c HAVING max(bucket) IS NOT NULL
+        ),
+        joined AS (
+            SELECT g.bucket, c.open, c.high, c.low, c.close, c.volume, c.count, c.pv_sum,
+                   count(c.close) OVER (ORDER BY g.bucket) AS grp
+            FROM grid g LEFT JOIN c USING (bucket)
+        ),
+        carried AS (
+            SELECT *, first_value(close) OVER (PARTITION BY grp ORDER BY bucket) AS carry
+            FROM joined
+        )
+        SELECT bucket,
+               coalesce(open, carry) AS open, coalesce(high, carry) AS high,
+               coalesce(low, carry) AS low, coalesce(close, carry) AS close,
+               coalesce(volume, 0) AS volume, coalesce(count, 0)::int8 AS count,
+               coalesce(pv_sum, 0) AS pv_sum
+        FROM carried WHERE grp > 0
+    """
