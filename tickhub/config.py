@@ -270,7 +270,7 @@ def _load(cls: type, environ: Mapping[str, str]) -> Any:
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Parse the environment (or `environ`) into Settings; raise SettingsError naming the variable."""
+    """Parse the environment (or `environ`) into Settings; SettingsError names the variable."""
     environ = os.environ if environ is None else environ
     feeder = FeederSettings(**_load(FeederSettings, environ))
     values = _load(Settings, environ)

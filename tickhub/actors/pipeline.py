@@ -156,5 +156,6 @@ class Pipeline:
             await route.tx.aclose()
         await self._writer_tx.aclose()
         await self.supervisor.actors["writer"].finished.wait()
-        for route in self._routes.values():
+        for symbol, route in self._routes.items():
             await route.stored_tx.aclose()
+            await self.supervisor.actors[f"aggregator:{symbol}"].finished.wait()

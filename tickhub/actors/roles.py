@@ -93,13 +93,15 @@ async def run_process(
         hub=any(s.hub for s in specs),
         feeder=any(s.feeder for s in specs),
     )
-    stop = stop or trio.Event()
+    watch_signals = stop is None  # a caller that brings its own stop event owns the stop
+    stop = trio.Event() if stop is None else stop
     async with open_bridge(), AsyncExitStack() as stack:
         db = None
         if need.database:
             db = await stack.enter_async_context(_open_db(settings))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, stop)
+            if watch_signals:
+                nursery.start_soon(_watch_signals, stop)
             await _run_roles(settings, roles, need, db, nursery, stop, on_serving)
             nursery.cancel_scope.cancel()
     log.info("stopped")

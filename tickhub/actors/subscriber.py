@@ -2,8 +2,10 @@
 
 The hub calls `deliver()` (synchronous, never blocks). When the buffer is full the oldest
 frame is dropped and counted: a slow client loses old events (its ids show the gap) instead
-of slowing the hub, the pipeline or the other clients. `frames()` yields everything buffered
-as one chunk per wake-up, so a busy stream costs one socket write per batch, not per event.
+of slowing the hub, the pipeline or the other clients. After a
+drop the next chunk starts with `event: reset` (reason "overflow") so the client reloads.
+`frames()` yields everything buffered as one chunk per wake-up, so a busy stream costs one
+socket write per batch, not per event.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ import trio
 from tickhub import metrics
 
 RESET_FRAME = b'event: reset\ndata: {"reason":"stale"}\n\n'
+# After an overflow the client missed events it cannot see under a symbol filter: it reloads.
+OVERFLOW_FRAME = b'event: reset\ndata: {"reason":"overflow"}\n\n'
+
+
+def keepalive_frame(now_ms: int) -> bytes:
+    """The `: ping` comment of the contract, plus an `event: ping` that a browser's
+    EventSource can observe (it never sees comments) to tell a quiet stream from a dead one."""
+    return b": ping %d\nevent: ping\ndata: %d\n\n" % (now_ms, now_ms)
 
 
 @attrs.define(eq=False)
@@ -26,6 +36,7 @@ class Subscriber:
     capacity: int
     buffer: deque[bytes] = attrs.field(init=False)
     dropped: int = 0
+    reported_drops: int = 0
     sent: int = 0
     reset: bool = False
     closed: bool = False
@@ -60,10 +71,13 @@ class Subscriber:
                     await self._wake.wait()
                 self._wake = trio.Event()
                 if idle.cancelled_caught:
-                    yield b": ping %d\n\n" % int(time.time() * 1000)
+                    yield keepalive_frame(int(time.time() * 1000))
                     continue
             if self.buffer:
                 chunk = b"".join(self.buffer)
+                if self.dropped > self.reported_drops:
+                    self.reported_drops = self.dropped
+                    chunk = OVERFLOW_FRAME + chunk
                 count = len(self.buffer)
                 self.buffer.clear()
                 self.sent += count

@@ -129,7 +129,7 @@ class Supervisor:
                 if not status.called:
                     health.state = "failed"
                     raise  # an actor that cannot start is a start-up failure, not a crash
-                health.last_error = f"{type(exc).__name__}: {exc}"
+                health.last_error = describe(exc)
                 now = trio.current_time()
                 crashes.append(now)
                 while crashes and crashes[0] < now - self.policy.window_s:
@@ -154,6 +154,13 @@ class Supervisor:
                 health.state = "stopped"
                 return
             status = _TrackedStatus(trio.TASK_STATUS_IGNORED, called=True)
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` of the error itself, looking through single-error nursery groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 @attrs.define

@@ -1,34 +1,30 @@
 """The dashboard's static files, served by the api role at `/`.
 
-The page and its config are revalidated on every load (`no-cache`) so a deploy shows at
-once; the vendored chart library is immutable for its pinned version, so it may be cached.
+Only the page's own files are served (the allow-list of `tickhub.ui.build.page_files`), with
+JavaScript content types so module scripts load. The page and its config revalidate on every
+load (`no-cache` with an ETag) so a deploy shows at once; the vendored chart library is
+pinned, so it may be cached for a day.
 """
 
 from __future__ import annotations
 
-import mimetypes
-from pathlib import Path
+import hashlib
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from tickhub.http.errors import ApiError
+from tickhub.ui.build import CACHE_CONTROL, UI_DIR, content_type, page_files
 
-UI_DIR = Path(__file__).resolve().parent.parent / "ui"
-SERVED = {".html", ".js", ".mjs", ".css", ".svg", ".png", ".ico", ".LICENSE", ".txt"}
-TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".LICENSE": "text/plain"}
-
-
-def _file(relative: str) -> Path:
-    path = (UI_DIR / relative).resolve()
-    if UI_DIR not in path.parents or not path.is_file() or "node_modules" in path.parts:
-        raise ApiError(404, "not found")
-    if path.suffix not in SERVED:
-        raise ApiError(404, "not found")
-    return path
+# The strictest policy the chart library runs under: it sets inline styles on its canvas.
+CSP = (
+    "default-src 'self'; connect-src *; img-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+)
 
 
 def make_blueprint() -> Blueprint:
     bp = Blueprint("ui", __name__)
+    served = set(page_files(require_vendor=False))
 
     @bp.get("/")
     async def index() -> Response:
@@ -36,25 +32,28 @@ def make_blueprint() -> Blueprint:
 
     @bp.get("/<path:relative>")
     async def asset(relative: str) -> Response:
+        if relative not in served:
+            raise ApiError(404, "not found")
         return _serve(relative)
 
     return bp
 
 
 def _serve(relative: str) -> Response:
-    path = _file(relative)
-    content_type = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "text/plain"
-    if content_type.startswith("text/"):
-        content_type += "; charset=utf-8"
-    response = Response(path.read_bytes(), content_type=content_type)
-    if "vendor" in path.parts:
-        response.headers["Cache-Control"] = "public, max-age=86400"
+    path = UI_DIR / relative
+    if not path.is_file():
+        raise ApiError(404, "not found")
+    body = path.read_bytes()
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    if request.headers.get("If-None-Match") == etag:
+        response = Response(b"", status=304)
     else:
-        response.headers["Cache-Control"] = "no-cache"
-    if path.suffix == ".html":
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; connect-src *; img-src 'self' data:; style-src 'self' 'unsafe-inline'"
-        )
+        response = Response(body, content_type=content_type(relative))
+    response.headers["ETag"] = etag
+    vendored = relative.startswith("vendor/")
+    response.headers["Cache-Control"] = "public, max-age=86400" if vendored else CACHE_CONTROL
+    if relative.endswith(".html"):
+        response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "no-referrer"
     return response

@@ -85,6 +85,15 @@ def parse_ts(value: Any, now_us: int, max_skew_us: int) -> int | str:
     return ts_us
 
 
+def normal_symbol(value: Any) -> str | None:
+    """The upper-cased symbol, or None when it is not one. ASCII is checked first: Unicode
+    upper-casing would fold e.g. U+017F (long s) into "S" and smuggle other letters in."""
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    symbol = value.upper()
+    return symbol if SYMBOL.fullmatch(symbol) else None
+
+
 def derived_key(source: str, symbol: str, ts_us: int, price: float, volume: float) -> str:
     raw = f"{source}|{symbol}|{ts_us}|{price!r}|{volume!r}".encode()
     return "d:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
@@ -128,10 +137,8 @@ def parse_ticks(
             problems.append({"index": index, "field": "item", "message": "expected an object"})
             continue
         bad = len(problems)
-        symbol = item.get("symbol")
-        if isinstance(symbol, str):
-            symbol = symbol.upper()
-        if not isinstance(symbol, str) or not SYMBOL.fullmatch(symbol):
+        symbol = normal_symbol(item.get("symbol"))
+        if symbol is None:
             problems.append(
                 {
                     "index": index,
@@ -221,9 +228,8 @@ def parse_symbols(doc: Any, *, max_items: int) -> list[SymbolRow]:
         if not isinstance(item, dict):
             problems.append({"index": index, "field": "item", "message": "expected an object"})
             continue
-        symbol = item.get("symbol")
-        symbol = symbol.upper() if isinstance(symbol, str) else symbol
-        if not isinstance(symbol, str) or not SYMBOL.fullmatch(symbol):
+        symbol = normal_symbol(item.get("symbol"))
+        if symbol is None:
             problems.append(
                 {
                     "index": index,
@@ -249,4 +255,5 @@ def parse_symbols(doc: Any, *, max_items: int) -> list[SymbolRow]:
         rows.append(SymbolRow(symbol, fields["base"].upper(), fields["quote"].upper(), active))
     if problems:
         raise Invalid(problems)
-    return rows
+    # A symbol listed twice: the last entry wins, as if the items were applied in order.
+    return list({row.symbol: row for row in rows}.values())

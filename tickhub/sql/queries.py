@@ -130,7 +130,7 @@ class Queries:
                        < {_ts_expr("$2")}
                 ORDER BY 1 DESC LIMIT $3
             """
-        series = _filled(source, step) if fill else f"SELECT * FROM ({source}) c"
+        series = _filled(source, step, look) if fill else f"SELECT * FROM ({source}) c"
         sql = f"""
             WITH series AS ({series})
             SELECT extract(epoch FROM bucket)::int8 AS ts, open, high, low, close, volume,
@@ -140,7 +140,8 @@ class Queries:
             WINDOW w AS (ORDER BY bucket ROWS {SMA_WINDOW - 1} PRECEDING)
             ORDER BY bucket DESC LIMIT $4
         """
-        rows = await self.db.fetch(sql, symbol, before_us, look, limit)
+        fetch = look + 1 if fill else look  # fill: one more candle to seed the grid
+        rows = await self.db.fetch(sql, symbol, before_us, fetch, limit)
         rows.reverse()
         items = [{"symbol": symbol, **dict(r)} for r in rows]
         cursor = items[0]["ts"] if len(rows) == limit else None
@@ -188,31 +189,46 @@ class Queries:
         }
 
 
-def _filled(source: str, step: str) -> str:
-    """Candles plus flat zero-volume ones for the empty buckets between them, each repeating
-    the previous close. The grid is the $3 buckets (page plus SMA look-back) ending at the
-    latest candle; any candle inside it is among the latest $3 candles, so `c` has them all.
-    Buckets before the first candle of the grid have no previous close and are left out."""
+def _filled(source: str, step: str, size: int) -> str:
+    """Candles plus a flat zero-volume one for every empty bucket between the first and the
+    latest candle, repeating the previous close. The grid is the `size` buckets (page plus
+    SMA look-back) ending at the last bucket before `before` (or the latest candle). `c` holds
+    one candle more than the grid can, so the candle just before the grid is there to seed
+    the close carried into leading empty buckets; buckets before the first candle ever are
+    left out (no price to repeat)."""
     return f"""
         WITH c AS ({source}),
+        top AS (
+            SELECT least(
+                (SELECT date_bin({step}, max(bucket_start), {ORIGIN})
+                 FROM ohlc_1m WHERE symbol = $1),
+                date_bin({step}, {_ts_expr("$2")} - interval '1 microsecond', {ORIGIN})
+            ) AS hi
+        ),
         grid AS (
-            SELECT generate_series(max(bucket) - ($3 - 1) * {step},
-                                   max(bucket), {step}) AS bucket
-            FROM c HAVING max(bucket) IS NOT NULL
+            SELECT generate_series(hi - {size - 1} * {step}, hi, {step}) AS bucket
+            FROM top WHERE hi IS NOT NULL
+        ),
+        seed AS (
+            SELECT * FROM c WHERE bucket < (SELECT min(bucket) FROM grid)
+            ORDER BY bucket DESC LIMIT 1
         ),
         joined AS (
             SELECT g.bucket, c.open, c.high, c.low, c.close, c.volume, c.count, c.pv_sum,
-                   count(c.close) OVER (ORDER BY g.bucket) AS grp
+                   false AS is_seed
             FROM grid g LEFT JOIN c USING (bucket)
+            UNION ALL
+            SELECT bucket, open, high, low, close, volume, count, pv_sum, true FROM seed
         ),
+        grouped AS (SELECT *, count(close) OVER (ORDER BY bucket) AS grp FROM joined),
         carried AS (
             SELECT *, first_value(close) OVER (PARTITION BY grp ORDER BY bucket) AS carry
-            FROM joined
+            FROM grouped
         )
         SELECT bucket,
                coalesce(open, carry) AS open, coalesce(high, carry) AS high,
                coalesce(low, carry) AS low, coalesce(close, carry) AS close,
                coalesce(volume, 0) AS volume, coalesce(count, 0)::int8 AS count,
                coalesce(pv_sum, 0) AS pv_sum
-        FROM carried WHERE grp > 0
+        FROM carried WHERE grp > 0 AND NOT is_seed
     """

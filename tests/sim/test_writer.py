@@ -1,0 +1,180 @@
+"""The writer's group-commit policy under the mock clock, with an in-memory store: idle flush,
+the BATCH_MAX cap, the BATCH_FLUSH_MS bound, whole batches, and failed flushes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import pytest
+import trio
+
+from tickhub.actors.messages import (
+    Candle,
+    FlushOutcome,
+    Receipt,
+    StoredTick,
+    TickColumns,
+    WriteRequest,
+)
+from tickhub.actors.supervisor import ActorHealth
+from tickhub.actors.writer import Writer
+
+
+@attrs.define
+class FakeStore:
+    """Records each flush (time, rows); takes `delay` seconds; fails while `down`."""
+
+    delay: float = 0.0
+    down: bool = False
+    flushes: list[tuple[float, int]] = attrs.field(factory=list)
+    seen: set = attrs.field(factory=set)
+
+    async def write(self, parts: Sequence[TickColumns]) -> FlushOutcome:
+        start = trio.current_time()
+        await trio.sleep(self.delay)
+        if self.down:
+            raise ConnectionError("postgres is down")
+        self.flushes.append((start, sum(len(p) for p in parts)))
+        ticks = []
+        for p in parts:
+            for key, ts in zip(p.keys, p.ts_us, strict=True):
+                if (p.symbol, key) not in self.seen:
+                    self.seen.add((p.symbol, key))
+                    ticks.append(StoredTick(p.symbol, key, ts, 1.0, 1.0))
+        candles = {
+            (t.symbol, t.ts_us // 60_000_000 * 60): Candle(0, 1, 1, 1, 1, 1, 1, None) for t in ticks
+        }
+        return FlushOutcome(ticks, candles)
+
+
+def part(symbol: str, n: int, tag: str = "") -> TickColumns:
+    return TickColumns(
+        symbol, "t", 0, [f"{tag}{i}" for i in range(n)], [i for i in range(n)], [1.0] * n, [1.0] * n
+    )
+
+
+@attrs.define
+class Harness:
+    tx: trio.MemorySendChannel
+    writer: Writer
+    reply_rx: trio.MemoryReceiveChannel
+    reply_tx: trio.MemorySendChannel
+
+    async def send(self, *parts: TickColumns) -> Receipt:
+        receipt = Receipt(len(parts), sum(len(p) for p in parts))
+        for p in parts:
+            await self.tx.send(WriteRequest(p, receipt, self.reply_tx))
+        return receipt
+
+
+async def open_writer(nursery, store, **kw) -> Harness:
+    tx, rx = trio.open_memory_channel(100)
+    reply_tx, reply_rx = trio.open_memory_channel(1000)
+    writer = Writer(rx, store, ActorHealth("writer", True), **kw)
+    await nursery.start(writer.run)
+    return Harness(tx, writer, reply_rx, reply_tx)
+
+
+async def test_an_idle_writer_flushes_at_once(autojump_clock):
+    store = FakeStore(delay=0.05)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2)
+        await trio.sleep(1)
+        receipt = await h.send(part("A", 3))
+        await receipt.done.wait()
+        assert store.flushes == [(pytest.approx(1.0), 3)]
+        assert trio.current_time() == pytest.approx(1.05)
+        assert (receipt.accepted, receipt.duplicates) == (3, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_rows_gathered_during_a_flush_go_in_the_next_one_capped_at_batch_max(
+    autojump_clock,
+):
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2)
+        first = await h.send(part("A", 10, "a"))
+        await trio.sleep(0.01)  # the first flush is running
+        later = [await h.send(part("B", 200, f"b{i}-")) for i in range(4)]  # 800 rows wait
+        for r in [first, *later]:
+            await r.done.wait()
+        nursery.cancel_scope.cancel()
+    # 10 alone (idle), then whole batches up to 500 rows (400), then the rest (400).
+    assert [rows for _, rows in store.flushes] == [10, 400, 400]
+    assert [t for t, _ in store.flushes] == pytest.approx([0.0, 1.0, 2.0])
+
+
+async def test_a_batch_larger_than_batch_max_is_never_split(autojump_clock):
+    store = FakeStore()
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=100, flush_s=0.2)
+        receipt = await h.send(part("A", 150), part("B", 150))
+        await receipt.done.wait()
+        nursery.cancel_scope.cancel()
+    assert [rows for _, rows in store.flushes] == [300]
+    assert receipt.accepted == 300
+
+
+async def test_no_row_waits_longer_than_batch_flush_ms(autojump_clock):
+    """With a second flush slot, waiting rows get their own flush after BATCH_FLUSH_MS even
+    though the first flush is still running."""
+    store = FakeStore(delay=5.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2, concurrency=2)
+        await h.send(part("A", 10, "a"))
+        await trio.sleep(0.05)
+        second = await h.send(part("B", 10, "b"))
+        await second.done.wait()
+        nursery.cancel_scope.cancel()
+    starts = [t for t, _ in store.flushes]
+    assert starts == pytest.approx([0.0, 0.25])  # arrived at 0.05, flushed 200 ms later
+
+
+async def test_batch_max_rows_start_an_overlapping_flush_at_once(autojump_clock):
+    store = FakeStore(delay=5.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=100, flush_s=0.2, concurrency=2)
+        await h.send(part("A", 10, "a"))
+        await trio.sleep(0.05)
+        full = await h.send(part("B", 100, "b"))
+        await full.done.wait()
+        nursery.cancel_scope.cancel()
+    assert [t for t, _ in store.flushes] == pytest.approx([0.0, 0.05])
+
+
+async def test_a_failed_flush_fails_its_batches_and_the_writer_carries_on(autojump_clock):
+    store = FakeStore(down=True)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store)
+        failed = await h.send(part("A", 5))
+        await failed.done.wait()
+        assert failed.failed and isinstance(failed.error, ConnectionError)
+        store.down = False
+        ok = await h.send(part("A", 5))
+        await ok.done.wait()
+        assert not ok.failed and ok.accepted == 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_duplicates_are_counted_per_batch(autojump_clock):
+    store = FakeStore()
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store)
+        first = await h.send(part("A", 5))
+        await first.done.wait()
+        again = await h.send(part("A", 7))  # keys 0-4 already stored, 5-6 new
+        await again.done.wait()
+        nursery.cancel_scope.cancel()
+    assert (again.accepted, again.duplicates) == (2, 5)
+
+
+async def test_closing_the_mailbox_flushes_everything_then_stops(autojump_clock):
+    store = FakeStore(delay=0.5)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store)
+        receipts = [await h.send(part("A", 3, f"{i}-")) for i in range(5)]
+        await h.tx.aclose()
+    assert all(r.done.is_set() and not r.failed for r in receipts)
+    assert sum(rows for _, rows in store.flushes) == 15
