@@ -1,0 +1,1 @@
+"""The dashboard: static files served by the api role at `/`, and their static build (build.py)."""
