@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -198,3 +200,137 @@ def healthcheck() -> None:
     except httpx.HTTPError:
         sys.exit(1)
     sys.exit(0 if response.status_code == 200 else 1)
+
+
+async def _until_signal(work: Any) -> Any:
+    """Run `work()` until it returns or SIGINT/SIGTERM cancels it (so it can flush)."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        result = await work()
+        nursery.cancel_scope.cancel()
+        return result
+
+
+@main.command()
+def feed() -> None:
+    """Post synthetic ticks to ORCHESTRATOR_BASE_URL until Ctrl-C (`run --role feeder` adds
+    the ops server)."""
+    from tickhub.feeder.feeder import Feeder
+    from tickhub.feeder.synthetic import VolumeModel
+
+    settings = _settings().feeder
+    feeder = Feeder(
+        settings, tick_size=settings.tick_size, volume=VolumeModel.parse(settings.volume)
+    )
+    trio.run(_until_signal, feeder.run)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--speed", default="max", show_default=True, help="A factor (1 = real time) or max.")
+@click.option(
+    "--from", "from_ts", default=None, help="Skip rows before this time (epoch s, ms or ISO-8601)."
+)
+@click.option("--on-error", type=click.Choice(["skip", "stop"]), default="skip", show_default=True)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Default: FILE.checkpoint.json next to FILE.",
+)
+@click.option("--source", default=None, help="Source in /stats (default replay:<file stem>).")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=500, show_default=True)
+def replay(
+    file: Path,
+    speed: str,
+    from_ts: str | None,
+    on_error: str,
+    checkpoint: Path | None,
+    source: str | None,
+    batch_size: int,
+) -> None:
+    """Post a CSV (symbol,ts,price,volume[,id]) to ORCHESTRATOR_BASE_URL in order; resumable."""
+    from tickhub.feeder.client import RetryPolicy, open_webhook_client
+    from tickhub.feeder.replay import ReplayError, parse_speed, parse_ts, replay_csv
+
+    settings = _settings().feeder
+    try:
+        factor = parse_speed(speed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--speed") from None
+    try:
+        start_ts = parse_ts(from_ts) if from_ts else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+
+    async def work() -> Any:
+        async with open_webhook_client(
+            settings.base_url, settings.api_key, retry=RetryPolicy.from_settings(settings)
+        ) as client:
+            return await replay_csv(
+                file,
+                client,
+                speed=factor,
+                start_ts=start_ts,
+                on_error=on_error,
+                checkpoint_path=checkpoint,
+                source=source,
+                batch_size=batch_size,
+                flush_ms=settings.flush_ms,
+            )
+
+    try:
+        report = trio.run(_until_signal, work)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    if report is None:
+        click.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+    click.echo(
+        f"{report.posted} rows posted ({report.accepted} new, {report.duplicates} already "
+        f"stored), {report.bad_rows} bad, {report.out_of_order} out of order; "
+        f"checkpoint {report.checkpoint} at line {report.last_line}"
+    )
+    if report.stopped_at is not None:
+        click.echo(
+            f"stopped at line {report.stopped_at.line}: {report.stopped_at.message}", err=True
+        )
+        sys.exit(1)
+
+
+@main.group()
+def ui() -> None:
+    """The dashboard's static files."""
+
+
+@ui.command("build")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--api-base-url",
+    envvar="VITE_API_BASE_URL",
+    default=None,
+    help="REST base, e.g. https://api.example.com/api/v1 (env VITE_API_BASE_URL; "
+    "default: the page's origin).",
+)
+@click.option(
+    "--realtime-url",
+    envvar="VITE_REALTIME_URL",
+    default=None,
+    help="SSE URL, e.g. https://gw.example.com/realtime/ticks (env VITE_REALTIME_URL; "
+    "default: the page's origin).",
+)
+def ui_build(out_dir: Path, api_base_url: str | None, realtime_url: str | None) -> None:
+    """Write the dashboard as a static site with the given API and stream URLs."""
+    from tickhub.ui.build import UiBuildError, build_static
+
+    try:
+        written = build_static(out_dir, api_base_url, realtime_url)
+    except UiBuildError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"dashboard written to {written}")

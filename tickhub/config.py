@@ -99,6 +99,10 @@ class FeederSettings:
     retry_backoff_ms: int = env("RETRY_BACKOFF_MS", 500, validator=_positive)
     seed: int | None = env("SEED", None)
     source: str = env("FEEDER_SOURCE", "feeder")
+    # Price increment per symbol; unset: a power of ten about a millionth of the base price.
+    tick_size: PerSymbol | None = env("TICK_SIZE", None)
+    # Volume distribution: exp:MEAN, lognormal:MEDIAN,SIGMA, uniform:LO,HI or const:V.
+    volume: str = env("FEEDER_VOLUME", "exp:0.5")
     # How many ticks the feeder keeps while the api is unreachable before it stops generating.
     buffer_max: int = env("FEEDER_BUFFER_MAX", 100_000, validator=_positive)
 
@@ -107,7 +111,16 @@ class FeederSettings:
             raise SettingsError(f"RPS={self.rps!r}: expected ticks per second from 0.1 to 100000")
         if not 0 <= self.jitter < 1:
             raise SettingsError(f"JITTER={self.jitter!r}: expected a fraction from 0 to below 1")
-        for name, per in (("PRICE_BASE", self.price_base), ("VOLATILITY", self.volatility)):
+        from tickhub.feeder.synthetic import VolumeModel  # here: feeder imports config
+
+        try:
+            VolumeModel.parse(self.volume)
+        except ValueError as exc:
+            raise SettingsError(f"FEEDER_VOLUME={self.volume!r}: {exc}") from None
+        checked = [("PRICE_BASE", self.price_base), ("VOLATILITY", self.volatility)]
+        if self.tick_size is not None:
+            checked.append(("TICK_SIZE", self.tick_size))
+        for name, per in checked:
             values = [per.default, *(v for _, v in per.overrides)]
             if not all(v > 0 and math.isfinite(v) for v in values):
                 raise SettingsError(f"{name}: expected numbers above 0, got {values}")
@@ -275,7 +288,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     feeder = FeederSettings(**_load(FeederSettings, environ))
     values = _load(Settings, environ)
     values.update(overrides)
-    return Settings(feeder=feeder, **values)
+    settings = Settings(feeder=feeder, **values)
+    if "://" not in feeder.base_url:
+        # Render's `fromService … property: hostport` gives "host:port": a private http URL.
+        url = f"http://{feeder.base_url}{settings.api_prefix}"
+        settings = attrs.evolve(settings, feeder=attrs.evolve(feeder, base_url=url))
+    return settings
 
 
 def data_path(settings: Settings, *parts: str) -> Path:

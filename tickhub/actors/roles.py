@@ -178,9 +178,8 @@ async def _run_roles(
 
     binds = await nursery.start(serve)
     url = binds[0] if binds else f"http://{settings.host}:{settings.default_port}"
-    feeder_scope = trio.CancelScope()
     if need.feeder:
-        await _start_feeder(settings, supervisor, svc, nursery, feeder_scope)
+        await _start_feeder(settings, supervisor, svc)
     log.info("serving", url=url, roles=",".join(roles))
     if on_serving is not None:
         on_serving(url)
@@ -188,7 +187,9 @@ async def _run_roles(
     await stop.wait()
     log.info("stopping", timeout_s=settings.stop_timeout_s)
     with trio.move_on_after(settings.stop_timeout_s) as deadline:
-        feeder_scope.cancel()
+        if svc.feeder is not None:  # producers first: it delivers what it already generated
+            svc.feeder.stop()
+            await supervisor.actors["feeder"].finished.wait()
         if hub is not None:
             hub.close()
         http_stop.set()
@@ -199,27 +200,22 @@ async def _run_roles(
         log.warning("graceful stop timed out; cancelling the rest")
 
 
-async def _start_feeder(
-    settings: Settings,
-    supervisor: Supervisor,
-    svc: Any,
-    nursery: trio.Nursery,
-    scope: trio.CancelScope,
-) -> None:
+async def _start_feeder(settings: Settings, supervisor: Supervisor, svc: Any) -> None:
     from tickhub.feeder.feeder import Feeder
+    from tickhub.feeder.synthetic import VolumeModel
+
+    feeder_settings = settings.feeder
 
     def make(health: Any) -> Any:
-        feeder = Feeder(settings.feeder, health=health)
-        svc.feeder = feeder
-        return feeder
+        svc.feeder = Feeder(
+            feeder_settings,
+            health=health,
+            tick_size=feeder_settings.tick_size,
+            volume=VolumeModel.parse(feeder_settings.volume),
+        )
+        return svc.feeder
 
-    async def run_feeder(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await supervisor.start("feeder", make, restart=True)
-            task_status.started()
-            await trio.sleep_forever()
-
-    await nursery.start(run_feeder)
+    await supervisor.start("feeder", make, restart=True)
 
 
 async def _watch_signals(stop: trio.Event) -> None:

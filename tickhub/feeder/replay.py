@@ -1,0 +1,519 @@
+"""CSV replay: post a file of ticks to the api in order, at real, scaled or full speed, resumably.
+
+The file: a header naming the columns `symbol`, `ts`, `price`, `volume` and optionally `id`
+(any order; other columns are ignored), then one tick per line, UTF-8. `ts` is epoch seconds,
+epoch milliseconds (a number above 1e11, the api's rule) or ISO-8601 with a zone. Rows are
+checked as the api checks items, so a bad row costs only itself: it is reported with its line
+number, then skipped or the run stops there (`on_error`). A row the api still rejects (a 422
+naming the item) is treated the same way.
+
+Order: the file is streamed in file order, never loaded whole, so a replay of any size runs
+in constant memory and its checkpoint is a byte offset; the input must therefore be sorted by
+`ts`. A row older than the row before it is still posted, at once (candles do not depend on
+arrival order, ARCHITECTURE §4.3), and is counted and logged as out of order.
+
+Pacing: with `speed` s, a row is posted (ts - ts0) / s seconds after the first row of this run;
+`speed=None` posts as fast as the api acknowledges. A batch holds at most `batch_size` rows and
+no row waits more than `flush_ms` for its batch.
+
+Exactly once: a tick's idempotency key is its `id` column, or else `{file stem}:{line}:{crc32
+of the line}`, so a resumed replay re-posts the same keys and the api counts each once. After
+every acknowledged batch the checkpoint `{file, size, mtime, offset, line}` is written
+atomically (temporary file, fsync, rename); a later run resumes after `line`. A batch that was
+in flight when a run was interrupted is posted again, as duplicates the api ignores. A
+checkpoint whose file has changed (size or mtime) is refused: delete it to start over.
+Inserting or deleting lines in a file without an `id` column re-keys the rows after the edit.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import zlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import attrs
+import cattrs
+import orjson
+import structlog
+import trio
+
+from tickhub.feeder.client import DeliveryError, RejectedError, TickPoster
+
+log = structlog.get_logger("feeder", actor="replay")
+
+_COLUMNS = ("symbol", "ts", "price", "volume")
+_SYMBOL = re.compile(r"[A-Z0-9._:/-]{1,32}")
+# The api refuses ticks before 2000-01-01 and reads numbers above 1e11 as milliseconds.
+_MIN_TS = 946_684_800.0
+_MS_ABOVE = 1e11
+# The report keeps this many bad rows in full (all are counted and logged).
+_KEEP_ERRORS = 100
+# Out-of-order rows logged one by one before the report's count has to do.
+_LOG_OUT_OF_ORDER = 10
+
+
+class ReplayError(Exception):
+    """The replay cannot start or go on (header, checkpoint, api); the checkpoint is intact."""
+
+
+@attrs.frozen
+class BadRow:
+    line: int
+    message: str
+    end: int = attrs.field(default=0, eq=False, repr=False)  # byte offset just after the line
+
+
+@attrs.frozen
+class Row:
+    line: int
+    end: int  # byte offset just after the line
+    ts: float
+    item: dict[str, Any]
+
+
+@attrs.frozen
+class Checkpoint:
+    file: str
+    size: int
+    mtime: float
+    offset: int
+    line: int
+
+
+@attrs.define
+class ReplayReport:
+    """What a replay did. `stopped_at` is set when `on_error='stop'` ended it at a bad row."""
+
+    path: str
+    source: str
+    checkpoint: str
+    resumed_from_line: int | None = None
+    posted: int = 0  # rows the api acknowledged in this run
+    accepted: int = 0
+    duplicates: int = 0
+    bad_rows: int = 0
+    errors: list[BadRow] = attrs.Factory(list)  # the first _KEEP_ERRORS of them
+    skipped_before_start: int = 0
+    out_of_order: int = 0
+    last_line: int = 1  # the last line the checkpoint covers
+    stopped_at: BadRow | None = None
+    complete: bool = False
+
+
+def parse_ts(text: str) -> float:
+    """Epoch seconds from seconds, milliseconds (above 1e11) or ISO-8601 with a zone."""
+    value = text.strip()
+    try:
+        ts = float(value)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"ts {value!r}: expected epoch seconds, milliseconds or ISO-8601"
+            ) from None
+        if when.tzinfo is None:
+            raise ValueError(f"ts {value!r}: an ISO-8601 time needs a zone (Z or +hh:mm)") from None
+        ts = when.timestamp()
+    else:
+        if not math.isfinite(ts):
+            raise ValueError(f"ts {value!r}: expected a finite number")
+        if ts > _MS_ABOVE:
+            ts /= 1000
+    if ts < _MIN_TS:
+        raise ValueError(f"ts {value!r}: before 2000-01-01")
+    return ts
+
+
+def parse_speed(text: str) -> float | None:
+    """`--speed`: a factor above 0 (1 = real time), or `max` (None)."""
+    if text.strip().lower() == "max":
+        return None
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = math.nan
+    if not (speed > 0 and math.isfinite(speed)):
+        raise ValueError(f"speed {text!r}: expected a factor above 0 or 'max'")
+    return speed
+
+
+def _number(fields: list[str], col: int | None, name: str, *, positive: bool) -> float:
+    raw = fields[col].strip() if col is not None else ""
+    if not raw and not positive:
+        return 0.0  # the api's default volume
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "above 0" if positive else "of at least 0"
+        raise ValueError(f"{name} {raw!r}: expected a number {bound}")
+    return value
+
+
+class _Reader:
+    """The CSV's rows from a byte offset on. Blocking file I/O: call it in a worker thread."""
+
+    def __init__(self, path: Path, file: BinaryIO) -> None:
+        self._file = file
+        self._stem = path.stem
+        header = file.readline()
+        self.offset, self.line = len(header), 1
+        try:
+            names = [n.strip().lower() for n in next(csv.reader([header.decode("utf-8-sig")]))]
+        except (UnicodeDecodeError, StopIteration):
+            names = []
+        missing = [c for c in _COLUMNS if c not in names]
+        if missing:
+            raise ReplayError(
+                f"{path} line 1: the header lacks {', '.join(missing)}"
+                " (expected symbol,ts,price,volume[,id])"
+            )
+        self._cols = {c: names.index(c) for c in (*_COLUMNS, "id") if c in names}
+        self._width = max(self._cols.values()) + 1
+
+    def close(self) -> None:
+        self._file.close()
+
+    def seek(self, offset: int, line: int) -> None:
+        self._file.seek(offset)
+        self.offset, self.line = offset, line
+
+    def read(self, n: int) -> list[Row | BadRow]:
+        """Up to `n` rows (blank lines skipped); an empty list at the end of the file."""
+        out: list[Row | BadRow] = []
+        while len(out) < n:
+            raw = self._file.readline()
+            if not raw:
+                break
+            self.offset += len(raw)
+            self.line += 1
+            entry = self._parse(raw)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    def _parse(self, raw: bytes) -> Row | BadRow | None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return BadRow(self.line, "not UTF-8", self.offset)
+        if not text.strip():
+            return None
+        fields = next(csv.reader([text]))
+        if len(fields) < self._width:
+            return BadRow(
+                self.line, f"expected {self._width} columns, got {len(fields)}", self.offset
+            )
+        cols = self._cols
+        try:
+            symbol = fields[cols["symbol"]].strip().upper()
+            if not _SYMBOL.fullmatch(symbol):
+                raise ValueError(f"symbol {symbol!r}: expected 1-32 of A-Z 0-9 . _ : / -")
+            ts = parse_ts(fields[cols["ts"]])
+            price = _number(fields, cols["price"], "price", positive=True)
+            volume = _number(fields, cols["volume"], "volume", positive=False)
+        except ValueError as exc:
+            return BadRow(self.line, str(exc), self.offset)
+        key = fields[cols["id"]].strip() if "id" in cols else ""
+        if not key:
+            crc = zlib.crc32(raw.rstrip(b"\r\n"))
+            key = f"{self._stem}:{self.line}:{crc:08x}"
+        item = {"symbol": symbol, "price": price, "ts": ts, "volume": volume, "idempotencyKey": key}
+        return Row(self.line, self.offset, ts, item)
+
+
+@attrs.frozen
+class _Opened:
+    reader: _Reader
+    file: str
+    stat: os.stat_result
+    checkpoint: Checkpoint | None
+
+
+def _open(path: Path, checkpoint_path: Path) -> _Opened:
+    """Open the CSV and position it after the checkpoint, if there is a valid one."""
+    file = path.open("rb")
+    try:
+        resolved = str(path.resolve())
+        stat = os.fstat(file.fileno())
+        reader = _Reader(path, file)
+        checkpoint = _load_checkpoint(checkpoint_path)
+        if checkpoint is not None:
+            same = (checkpoint.file, checkpoint.size, checkpoint.mtime) == (
+                resolved,
+                stat.st_size,
+                stat.st_mtime,
+            )
+            if not same or not reader.offset <= checkpoint.offset <= stat.st_size:
+                raise ReplayError(
+                    f"{checkpoint_path} is for {checkpoint.file} as it was (size"
+                    f" {checkpoint.size}, mtime {checkpoint.mtime}); {path} is not that file"
+                    " now. Delete the checkpoint to replay from the start (the api ignores"
+                    " rows it already has)."
+                )
+            reader.seek(checkpoint.offset, checkpoint.line)
+    except BaseException:
+        file.close()
+        raise
+    return _Opened(reader, resolved, stat, checkpoint)
+
+
+def _load_checkpoint(path: Path) -> Checkpoint | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return cattrs.structure(orjson.loads(data), Checkpoint)
+    except (orjson.JSONDecodeError, cattrs.BaseValidationError, TypeError, KeyError) as exc:
+        raise ReplayError(f"{path} is not a replay checkpoint ({exc}); delete it") from None
+
+
+def _save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Write temp, fsync, rename: a reader sees the old checkpoint or the new, never half."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(orjson.dumps(attrs.asdict(checkpoint)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@attrs.define
+class _Progress:
+    """A structlog line every `every_s`: position, rate and ETA (from the bytes left)."""
+
+    every_s: float
+    size: int
+    start_offset: int
+    started: float = attrs.field(factory=trio.current_time)
+    last_at: float = attrs.field(init=False)
+    last_posted: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.last_at = self.started
+
+    def maybe_log(self, report: ReplayReport, offset: int) -> None:
+        now = trio.current_time()
+        if now - self.last_at < self.every_s:
+            return
+        bytes_per_s = (offset - self.start_offset) / max(now - self.started, 1e-9)
+        log.info(
+            "replay.progress",
+            source=report.source,
+            line=report.last_line,
+            percent=round(100 * offset / max(self.size, 1), 1),
+            rows_per_s=round((report.posted - self.last_posted) / (now - self.last_at), 1),
+            eta_s=round((self.size - offset) / bytes_per_s) if bytes_per_s > 0 else None,
+        )
+        self.last_at, self.last_posted = now, report.posted
+
+
+@attrs.define
+class _Replay:
+    path: Path
+    file: str  # the resolved path, as the checkpoint names it
+    client: TickPoster
+    speed: float | None
+    start_ts: float | None
+    on_error: str
+    checkpoint_path: Path
+    batch_size: int
+    flush_s: float
+    report: ReplayReport
+    reader: _Reader
+    stat: os.stat_result
+    progress: _Progress
+    pending: list[Row] = attrs.Factory(list)
+    flush_at: float = math.inf
+    # (offset, line) just after the last row taken from the file (posted or skipped).
+    consumed: tuple[int, int] = (0, 1)
+    last_ts: float = -math.inf
+    t0: float | None = None
+    ts0: float = 0.0
+
+    async def run(self) -> None:
+        self.consumed = (self.reader.offset, self.reader.line)
+        while entries := await trio.to_thread.run_sync(self.reader.read, self.batch_size):
+            for entry in entries:
+                if isinstance(entry, BadRow):
+                    if self.on_error == "stop":
+                        await self._flush()
+                        if self.report.stopped_at is None:
+                            self._bad(entry)
+                            self.report.stopped_at = entry
+                        return
+                    self._bad(entry)
+                elif self.start_ts is not None and entry.ts < self.start_ts:
+                    self.report.skipped_before_start += 1
+                else:
+                    await self._take(entry)
+                    if self.report.stopped_at is not None:
+                        return
+                self.consumed = (entry.end, entry.line)
+        # Trailing skipped or blank lines are covered too, so a finished replay's checkpoint
+        # is at the end of the file and a rerun posts nothing.
+        self.consumed = (self.reader.offset, self.reader.line)
+        await self._flush()
+        self.report.complete = self.report.stopped_at is None
+
+    async def _take(self, row: Row) -> None:
+        if row.ts < self.last_ts:
+            self.report.out_of_order += 1
+            if self.report.out_of_order <= _LOG_OUT_OF_ORDER:
+                log.warning("replay.out_of_order", line=row.line, ts=row.ts, after_ts=self.last_ts)
+        else:
+            self.last_ts = row.ts
+        if self.speed is not None:
+            if self.t0 is None:
+                self.t0, self.ts0 = trio.current_time(), row.ts
+            # An out-of-order row goes at once: it is due no later than the row before it.
+            due = self.t0 + (self.last_ts - self.ts0) / self.speed
+            if self.pending and due > self.flush_at:
+                await trio.sleep_until(self.flush_at)
+                await self._flush()
+                if self.report.stopped_at is not None:
+                    return
+            await trio.sleep_until(due)
+        if not self.pending:
+            self.flush_at = trio.current_time() + self.flush_s
+        self.pending.append(row)
+        if len(self.pending) >= self.batch_size:
+            self.consumed = (row.end, row.line)
+            await self._flush()
+
+    def _bad(self, row: BadRow) -> None:
+        self.report.bad_rows += 1
+        if len(self.report.errors) < _KEEP_ERRORS:
+            self.report.errors.append(row)
+        log.warning("replay.bad_row", path=str(self.path), line=row.line, error=row.message)
+
+    async def _flush(self) -> None:
+        batch, self.pending, self.flush_at = self.pending, [], math.inf
+        position: tuple[int, int] | None = self.consumed
+        while batch:
+            try:
+                answer = await self.client.post_ticks(self.report.source, [r.item for r in batch])
+            except DeliveryError as exc:
+                raise ReplayError(
+                    f"{exc}; run again to resume after line {self.report.last_line}"
+                ) from exc
+            except RejectedError as exc:
+                batch, position = self._without_rejected(batch, exc, position)
+                continue
+            self.report.posted += len(batch)
+            self.report.accepted += int(answer.get("accepted", 0))
+            self.report.duplicates += int(answer.get("duplicates", 0))
+            break
+        if position is not None and position[1] > self.report.last_line:
+            await self._save(position)
+        self.progress.maybe_log(self.report, self.consumed[0])
+
+    def _without_rejected(
+        self, batch: list[Row], exc: RejectedError, position: tuple[int, int] | None
+    ) -> tuple[list[Row], tuple[int, int] | None]:
+        """The rows to post again after a 422 naming bad items, and the checkpoint then."""
+        bad = {i: m for i, m in exc.item_errors().items() if 0 <= i < len(batch)}
+        if exc.status != 422 or not bad:
+            raise ReplayError(
+                f"the api rejected lines {batch[0].line}-{batch[-1].line} ({exc});"
+                f" the checkpoint is at line {self.report.last_line}"
+            ) from exc
+        for i, message in sorted(bad.items()):
+            self._bad(BadRow(batch[i].line, f"rejected by the api: {message}"))
+        if self.on_error == "skip":
+            return [r for i, r in enumerate(batch) if i not in bad], position
+        first = min(bad)
+        self.report.stopped_at = BadRow(batch[first].line, f"rejected by the api: {bad[first]}")
+        keep = batch[:first]
+        return keep, ((keep[-1].end, keep[-1].line) if keep else None)
+
+    async def _save(self, position: tuple[int, int]) -> None:
+        offset, line = position
+        checkpoint = Checkpoint(self.file, self.stat.st_size, self.stat.st_mtime, offset, line)
+        await trio.to_thread.run_sync(_save_checkpoint, self.checkpoint_path, checkpoint)
+        self.report.last_line = line
+
+
+def default_checkpoint_path(path: Path) -> Path:
+    """`ticks.csv` -> `ticks.csv.checkpoint.json`, next to the file."""
+    return path.with_name(f"{path.name}.checkpoint.json")
+
+
+async def replay_csv(
+    path: str | os.PathLike[str],
+    client: TickPoster,
+    *,
+    speed: float | None = None,
+    start_ts: float | None = None,
+    on_error: Literal["skip", "stop"] = "skip",
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    source: str | None = None,
+    batch_size: int = 500,
+    flush_ms: int = 500,
+    progress_every_s: float = 5.0,
+) -> ReplayReport:
+    """Post the ticks of a CSV file through `client`; see the module docstring.
+
+    `speed` None replays as fast as the api acknowledges; `start_ts` skips earlier rows;
+    `source` defaults to `replay:<file stem>`. Raises ReplayError when it cannot go on (the
+    checkpoint then says where to resume); a bad row with `on_error='stop'` returns a report
+    with `stopped_at` set.
+    """
+    if speed is not None and not speed > 0:
+        raise ValueError(f"speed {speed!r}: expected a factor above 0, or None for max")
+    if on_error not in ("skip", "stop"):
+        raise ValueError(f"on_error {on_error!r}: expected 'skip' or 'stop'")
+    csv_path = Path(path)
+    cp_path = Path(checkpoint_path) if checkpoint_path else default_checkpoint_path(csv_path)
+    opened = await trio.to_thread.run_sync(_open, csv_path, cp_path)
+    checkpoint = opened.checkpoint
+    report = ReplayReport(
+        path=str(csv_path),
+        source=source or f"replay:{csv_path.stem}",
+        checkpoint=str(cp_path),
+        resumed_from_line=checkpoint.line if checkpoint else None,
+        last_line=checkpoint.line if checkpoint else 1,
+    )
+    log.info(
+        "replay.start",
+        path=str(csv_path),
+        source=report.source,
+        resume_after_line=report.resumed_from_line,
+    )
+    try:
+        await _Replay(
+            path=csv_path,
+            file=opened.file,
+            client=client,
+            speed=speed,
+            start_ts=start_ts,
+            on_error=on_error,
+            checkpoint_path=cp_path,
+            batch_size=batch_size,
+            flush_s=flush_ms / 1000,
+            report=report,
+            reader=opened.reader,
+            stat=opened.stat,
+            progress=_Progress(progress_every_s, opened.stat.st_size, opened.reader.offset),
+        ).run()
+    finally:
+        opened.reader.close()
+    log.info(
+        "replay.done",
+        source=report.source,
+        posted=report.posted,
+        accepted=report.accepted,
+        duplicates=report.duplicates,
+        bad_rows=report.bad_rows,
+        last_line=report.last_line,
+        complete=report.complete,
+    )
+    return report
