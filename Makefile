@@ -47,7 +47,8 @@ test: $(VENV)/.dev ui chromium
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.dev ui
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench.ingest --size 500
+	$(BIN)/python -m bench.ingest --size 50 --batches 200
 
 clean:
 	rm -rf $(VENV) tickhub/ui/node_modules tickhub/ui/vendor .pytest_cache

@@ -1,0 +1,167 @@
+"""Durable ingest rate of the one-process pipeline beside the DB-only limit, in one run.
+
+- durable: N concurrent posters send batches of unique ticks to the webhook of a tickhub
+  (`run_process`, role all, embedded Postgres); rate = acknowledged ticks ÷ (first POST →
+  last 202), and a 202 means committed.
+- DB-only: the same number of rows written with the writer's own flush SQL (`TickStore`),
+  no HTTP, no actors, in flushes of the same size.
+
+Prints one JSON line and appends a row to bench/results/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+
+from tickhub.actors.messages import TickColumns
+from tickhub.actors.roles import run_process
+from tickhub.config import load_settings
+from tickhub.logs import configure_logging
+from tickhub.sql.db import open_bridge, open_database
+from tickhub.sql.embedded import EmbeddedPostgres
+from tickhub.sql.migrate import migrate_up
+from tickhub.sql.store import TickStore
+
+RESULTS = Path(__file__).resolve().parent / "results" / "results.md"
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
+
+
+def batch_items(run: str, n: int, size: int, base_ts: float) -> list[dict]:
+    return [
+        {
+            "symbol": SYMBOLS[i % len(SYMBOLS)],
+            "price": 100 + (i % 97) / 100,
+            "ts": base_ts + i / 1000,
+            "volume": 1 + i % 3,
+            "idempotencyKey": f"{run}-{n}-{i}",
+        }
+        for i in range(size)
+    ]
+
+
+async def durable(url: str, posters: int, batches: int, size: int) -> tuple[int, float]:
+    acked = 0
+    base_ts = time.time() - 3000
+    payloads = [
+        {"source": "bench", "items": batch_items("d", n, size, base_ts + n)}
+        for n in range(posters * batches)
+    ]
+
+    async def poster(k: int, client: httpx.AsyncClient) -> None:
+        nonlocal acked
+        for payload in payloads[k::posters]:
+            response = await client.post("/api/v1/webhooks/ticks", json=payload)
+            response.raise_for_status()
+            acked += response.json()["accepted"]
+
+    limits = httpx.Limits(max_connections=posters)
+    async with httpx.AsyncClient(
+        base_url=url, headers={"x-api-key": "bench"}, timeout=60, limits=limits
+    ) as client:
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for k in range(posters):
+                nursery.start_soon(poster, k, client)
+        elapsed = time.perf_counter() - started
+    return acked, elapsed
+
+
+async def db_only(db, total: int, size: int) -> float:
+    store = TickStore(db, raw_audit=True)
+    base_us = int((time.time() - 6000) * 1_000_000)
+    started = time.perf_counter()
+    for n in range(total // size):
+        parts = []
+        for s, symbol in enumerate(SYMBOLS):
+            idx = range(s, size, len(SYMBOLS))
+            parts.append(
+                TickColumns(
+                    symbol,
+                    "bench-db",
+                    base_us,
+                    [f"db-{n}-{i}" for i in idx],
+                    [base_us + n * 1_000_000 + i * 1000 for i in idx],
+                    [100 + (i % 97) / 100 for i in idx],
+                    [float(1 + i % 3) for i in idx],
+                )
+            )
+        await store.write(parts)
+    return time.perf_counter() - started
+
+
+async def main(args: argparse.Namespace) -> dict:
+    configure_logging("warning")
+    with tempfile.TemporaryDirectory() as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "pg", fsync=False)
+        url = pg.start()
+        try:
+            settings = attrs.evolve(
+                load_settings(
+                    {"HOST": "127.0.0.1", "PORT": "0", "API_KEY": "bench", "LOG_LEVEL": "warning"}
+                ),
+                database_url=url,
+                roles=("all",),
+            )
+            async with open_bridge():
+                stop, served = trio.Event(), trio.Event()
+                box: list[str] = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        lambda: run_process(
+                            settings, stop=stop, on_serving=lambda u: (box.append(u), served.set())
+                        )
+                    )
+                    await served.wait()
+                    acked, elapsed = await durable(box[0], args.posters, args.batches, args.size)
+                    async with open_database(url) as db:
+                        await migrate_up(db)
+                        db_elapsed = await db_only(db, acked, args.size)
+                    stop.set()
+        finally:
+            pg.stop()
+    rate = acked / elapsed
+    db_rate = acked / db_elapsed
+    return {
+        "bench": "ingest",
+        "mode": "all",
+        "posters": args.posters,
+        "batch": args.size,
+        "ticks": acked,
+        "durable_ticks_per_s": round(rate),
+        "db_only_ticks_per_s": round(db_rate),
+        "ratio": round(rate / db_rate, 2),
+    }
+
+
+def record(result: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "| date | bench | mode | posters | batch | ticks | durable/s | DB-only/s | ratio |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
+        )
+    with RESULTS.open("a") as f:
+        f.write(
+            f"| {time.strftime('%Y-%m-%d %H:%M')} | {result['bench']} | {result['mode']} | "
+            f"{result['posters']} | {result['batch']} | {result['ticks']} | "
+            f"{result['durable_ticks_per_s']} | {result['db_only_ticks_per_s']} | "
+            f"{result['ratio']} |\n"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--posters", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=40, help="batches per poster")
+    parser.add_argument("--size", type=int, default=500, help="ticks per batch")
+    result = trio.run(main, parser.parse_args())
+    print(json.dumps(result))  # noqa: T201 - the benchmark's output
+    record(result)
