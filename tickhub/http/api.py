@@ -13,11 +13,12 @@ from typing import Any
 
 import orjson
 import structlog
-import trio
 from quart import Blueprint, Response, request
+from quart_schema import document, security_scheme, tag
 
 from tickhub import metrics
 from tickhub.actors.pipeline import Overloaded
+from tickhub.http import openapi as doc
 from tickhub.http.errors import ApiError, unavailable
 from tickhub.http.services import services
 from tickhub.http.validation import BadRequest, Invalid, load_json, parse_symbols, parse_ticks
@@ -69,7 +70,14 @@ def make_blueprint(prefix: str) -> Blueprint:
     bp = Blueprint("api", __name__, url_prefix=prefix)
 
     @bp.post("/webhooks/ticks")
+    @tag(["ingest"])
+    @security_scheme([{"ApiKey": []}])
+    @document(
+        request=doc.TicksIn,
+        responses=_errors(doc.IngestAccepted, 202, 400, 401, 413, 415, 422, 503),
+    )
     async def ingest_ticks() -> Response:
+        """Ingest a batch of ticks; 202 once the whole batch is committed."""
         try:
             return await _ingest_ticks()
         except ApiError as exc:
@@ -77,7 +85,11 @@ def make_blueprint(prefix: str) -> Blueprint:
             raise
 
     @bp.post("/webhooks/symbols")
+    @tag(["ingest"])
+    @security_scheme([{"ApiKey": []}])
+    @document(request=doc.SymbolsIn, responses=_errors(doc.Upserted, 202, 400, 401, 415, 422))
     async def upsert_symbols() -> Response:
+        """Create or update symbols (base, quote, active)."""
         check_api_key()
         svc = services()
         doc = await read_json_body()
@@ -89,18 +101,30 @@ def make_blueprint(prefix: str) -> Blueprint:
         return json_response({"upserted": count, "skipped": 0}, 202)
 
     @bp.get("/symbols")
+    @tag(["queries"])
+    @document(responses=_errors(doc.SymbolList, 200, 503))
     async def list_symbols() -> Response:
+        """Active symbols, by symbol."""
         return json_response(await _db(services().queries.symbols()))
 
     @bp.get("/ticks/<symbol>")
+    @tag(["queries"])
+    @document(responses=_errors(doc.Tick, 200, 404, 503))
     async def latest_tick(symbol: str) -> Response:
+        """The latest tick of a symbol."""
         tick = await _db(services().queries.latest_tick(symbol.upper()))
         if tick is None:
             raise ApiError(404, f"no ticks for {symbol.upper()}")
         return json_response(tick)
 
     @bp.get("/ticks/<symbol>/history")
+    @tag(["queries"])
+    @document(
+        querystring=doc.HistoryQuery,
+        responses=_errors(doc.HistoryPage, 200, 400, 503),
+    )
     async def history(symbol: str) -> Response:
+        """Raw ticks (newest first) or candles with VWAP and SMA10 (`view=ohlc1m|ohlc`)."""
         queries = services().queries
         symbol = symbol.upper()
         args = request.args
@@ -122,7 +146,10 @@ def make_blueprint(prefix: str) -> Blueprint:
         return json_response(page)
 
     @bp.get("/metrics/<symbol>")
+    @tag(["queries"])
+    @document(querystring=doc.MetricsQuery, responses=_errors(doc.Metrics, 200, 400, 404, 503))
     async def symbol_metrics(symbol: str) -> Response:
+        """Count, open, min, max, avg, VWAP, volume and last of the latest window with ticks."""
         window = request.args.get("window", "1m")
         if window not in WINDOWS:
             raise ApiError(400, f"window must be one of {', '.join(WINDOWS)}")
@@ -132,13 +159,21 @@ def make_blueprint(prefix: str) -> Blueprint:
         return json_response(result)
 
     @bp.get("/stats")
+    @tag(["queries"])
+    @document(responses=_errors(doc.Stats, 200, 503))
     async def stats() -> Response:
+        """Stored tick counts per source and the ingest queue."""
         svc = services()
         body = await _db(svc.queries.stats())
         body["queue"] = queue_stats(svc)
         return json_response(body)
 
     return bp
+
+
+def _errors(model: Any, status: int, *errors: int) -> dict[int, tuple[Any, None]]:
+    """The success model plus the error envelope for each error status the route can give."""
+    return {status: (model, None), **{code: (doc.Error, None) for code in errors}}
 
 
 def queue_stats(svc: Any) -> dict[str, int]:
@@ -232,6 +267,3 @@ def _before(raw: str | None) -> int:
     if not 0 <= value < 1e11:
         raise ApiError(400, "before must be epoch seconds")
     return round(value * 1_000_000)
-
-
-__all__ = ["json_response", "make_blueprint", "trio"]

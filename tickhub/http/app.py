@@ -12,7 +12,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from tickhub.http import api, errors, ops, sse, ui
+from tickhub.http import api, errors, openapi, ops, sse, ui
 from tickhub.http.services import Services
 
 ROLE_ROUTES = {
@@ -30,6 +30,7 @@ def create_app(svc: Services) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     errors.install(app)
+    openapi.install(app)
     parts = {part for role in svc.enabled_roles for part in ROLE_ROUTES[role]}
     app.register_blueprint(ops.make_ops_blueprint())
     if "api" in parts:

@@ -7,21 +7,31 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response
+from quart_schema import document, tag
 
+from tickhub.http import openapi as doc
 from tickhub.http.api import json_response
 from tickhub.http.services import services
 
 
+@tag(["health"])
+@document(responses={200: (doc.Liveness, None)})
 async def liveness() -> Response:
+    """The process is alive."""
     return json_response({"ok": True})
 
 
+@tag(["health"])
+@document(responses={200: (doc.Readiness, None), 503: (doc.Readiness, None)})
 async def readiness() -> Response:
+    """Ready to serve: dependencies reachable, no failed actor; with the actor table."""
     ok, body = await services().readiness()
     return json_response(body, 200 if ok else 503)
 
 
+@tag(["health"])
 async def prometheus() -> Response:
+    """Prometheus metrics (text format)."""
     return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -10,8 +10,10 @@ import time
 from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, request
+from quart_schema import document, tag
 
 from tickhub.actors.hub import hello_frame
+from tickhub.http import openapi as doc
 from tickhub.http.errors import ApiError
 from tickhub.http.services import services
 from tickhub.http.validation import SYMBOL
@@ -42,7 +44,10 @@ def make_blueprint() -> Blueprint:
     bp = Blueprint("gateway", __name__)
 
     @bp.get("/realtime/ticks")
+    @tag(["stream"])
+    @document(querystring=doc.StreamQuery, responses={400: (doc.Error, None)})
     async def stream() -> Response:
+        """Live ticks with their 1-minute candle and SMA10 (Server-Sent Events)."""
         svc = services()
         hub = svc.hub
         symbols = _symbols()

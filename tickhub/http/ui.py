@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 from quart import Blueprint, Response, request
+from quart_schema import hide
 
 from tickhub.http.errors import ApiError
 from tickhub.ui.build import CACHE_CONTROL, UI_DIR, content_type, page_files
@@ -27,10 +28,12 @@ def make_blueprint() -> Blueprint:
     served = set(page_files(require_vendor=False))
 
     @bp.get("/")
+    @hide
     async def index() -> Response:
         return _serve("index.html")
 
     @bp.get("/<path:relative>")
+    @hide
     async def asset(relative: str) -> Response:
         if relative not in served:
             raise ApiError(404, "not found")

@@ -1,0 +1,49 @@
+"""The API describes itself: OpenAPI 3.1 with every route (the SSE route included), and the
+Swagger UI at /docs."""
+
+from __future__ import annotations
+
+
+async def test_openapi_describes_every_route(tickhub):
+    response = await tickhub.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.1")
+    paths = document["paths"]
+    expected = {
+        ("post", "/api/v1/webhooks/ticks"),
+        ("post", "/api/v1/webhooks/symbols"),
+        ("get", "/api/v1/symbols"),
+        ("get", "/api/v1/ticks/{symbol}"),
+        ("get", "/api/v1/ticks/{symbol}/history"),
+        ("get", "/api/v1/metrics/{symbol}"),
+        ("get", "/api/v1/stats"),
+        ("get", "/api/v1/health/liveness"),
+        ("get", "/api/v1/health/readiness"),
+        ("get", "/realtime/ticks"),
+        ("get", "/health/liveness"),
+        ("get", "/health/readiness"),
+        ("get", "/ops/health/liveness"),
+        ("get", "/ops/health/readiness"),
+        ("get", "/ops/metrics"),
+    }
+    documented = {(m, p) for p, ops in paths.items() for m in ops}
+    assert expected <= documented
+    assert not any(p == "/" or "<path" in p or "{relative}" in p for p in paths)  # no UI files
+    ingest = paths["/api/v1/webhooks/ticks"]["post"]
+    assert ingest["security"] == [{"ApiKey": []}]
+    assert {"202", "401", "413", "415", "422", "503"} <= set(map(str, ingest["responses"]))
+    assert "requestBody" in ingest
+    stream = paths["/realtime/ticks"]["get"]["responses"]["200"]
+    assert "text/event-stream" in stream["content"]
+    body = ingest["requestBody"]["content"]["application/json"]["schema"]
+    assert {"source", "items"} <= set(body["properties"])
+    invalid = ingest["responses"]["422"]["content"]["application/json"]["schema"]
+    assert "error" in invalid["properties"]
+    assert "TickIn" in document["components"]["schemas"]
+
+
+async def test_swagger_ui_is_served(tickhub):
+    response = await tickhub.get("/docs")
+    assert response.status_code == 200
+    assert "swagger" in response.text.lower()

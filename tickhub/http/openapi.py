@@ -1,0 +1,215 @@
+"""The OpenAPI 3.1 document (`/openapi.json`) and Swagger UI (`/docs`), via quart-schema.
+
+The models below describe the wire shapes of API.md for the document only: requests are
+validated by `http.validation` (columnar, on the hot path), not by these models. The SSE
+route's `text/event-stream` response is added by the provider, which quart-schema cannot
+express from a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, RootModel
+from quart_schema import QuartSchema
+from quart_schema.openapi import APIKeySecurityScheme, OpenAPIProvider
+
+from tickhub import __version__
+
+Number = float
+
+
+class TickIn(BaseModel):
+    symbol: str = Field(description="1-32 of A-Z 0-9 . _ : / - (lower case is upper-cased)")
+    price: Number = Field(gt=0)
+    ts: Number | str = Field(
+        description="epoch seconds, epoch milliseconds (> 1e11) or ISO-8601 with a zone"
+    )
+    volume: Number = Field(default=0, ge=0)
+    idempotencyKey: str | None = Field(
+        default=None,
+        max_length=128,
+        description="deduplication key; derived from (source, symbol, ts, price, volume) if absent",
+    )
+
+
+class TicksIn(BaseModel):
+    source: str = Field(default="webhook", max_length=64)
+    items: list[TickIn] = Field(min_length=1, max_length=5000)
+
+
+class IngestAccepted(BaseModel):
+    accepted: int = Field(description="ticks new to tickhub")
+    duplicates: int = Field(description="ticks it already had")
+    queued: int
+    rejected: int
+    skipped: int
+
+
+class SymbolOut(BaseModel):
+    symbol: str
+    base: str
+    quote: str
+    active: bool
+
+
+class SymbolIn(BaseModel):
+    symbol: str
+    base: str = ""
+    quote: str = ""
+    active: bool = True
+
+
+class SymbolsIn(BaseModel):
+    items: list[SymbolIn] = Field(min_length=1, max_length=5000)
+
+
+class Upserted(BaseModel):
+    upserted: int
+    skipped: int
+
+
+class Tick(BaseModel):
+    symbol: str
+    ts: Number
+    price: Number
+    volume: Number
+
+
+class TickPage(BaseModel):
+    items: list[Tick] = Field(description="newest first")
+    nextCursor: Number | None = Field(description="pass as `before` for the next page")
+
+
+class Candle(BaseModel):
+    symbol: str
+    ts: int = Field(description="bucket start, epoch seconds")
+    open: Number
+    high: Number
+    low: Number
+    close: Number
+    volume: Number
+    count: int
+    vwap: Number | None
+    sma10: Number | None = Field(description="mean close of this and the 9 candles before")
+
+
+class CandlePage(BaseModel):
+    items: list[Candle] = Field(description="oldest first")
+    nextCursor: int | None = Field(description="pass as `before` for the page before")
+
+
+class HistoryPage(RootModel[TickPage | CandlePage]):
+    """Raw ticks by default; candles with `view=ohlc1m` (`agg=1m`, `shape=candle`, `ohlc`)."""
+
+
+class SymbolList(RootModel[list[SymbolOut]]):
+    pass
+
+
+class HistoryQuery(BaseModel):
+    limit: int | None = Field(default=200, ge=1, le=2000)
+    before: Number | None = Field(default=None, description="exclusive, epoch seconds")
+    view: Literal["raw", "ohlc1m", "ohlc"] | None = None
+    interval: Literal["1m", "5m", "15m", "1h", "4h", "1d"] | None = None
+    agg: Literal["1m"] | None = None
+    shape: Literal["candle"] | None = None
+    fill: bool | None = None
+
+
+class MetricsQuery(BaseModel):
+    window: Literal["1m", "5m", "1h", "1d"] | None = "1m"
+
+
+class Metrics(BaseModel):
+    symbol: str
+    windowStart: int
+    windowEnd: int
+    count: int
+    open: Number
+    min: Number
+    max: Number
+    avg: Number
+    vwap: Number | None
+    volume: Number
+    last: Number
+
+
+class SourceStats(BaseModel):
+    ticks: int
+    lastTs: Number
+
+
+class QueueStats(BaseModel):
+    pending: int
+    inFlight: int
+    completed: int
+    failed: int
+
+
+class Stats(BaseModel):
+    ticksTotal: int
+    symbols: int
+    lastIngestAt: Number | None
+    sources: dict[str, SourceStats]
+    queue: QueueStats
+
+
+class Liveness(BaseModel):
+    ok: bool
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]
+    actors: list[dict[str, Any]]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class Error(BaseModel):
+    error: ErrorDetail
+
+
+class StreamQuery(BaseModel):
+    symbol: str | None = None
+    symbols: str | None = Field(default=None, description="comma-separated")
+    lastEventId: str | None = Field(default=None, description="resume after this event id")
+
+
+STREAM_DESCRIPTION = """\
+Server-Sent Events. First `retry: 3000` and `event: hello`; then one default-type event per
+stored tick: `id: <n>` and `data: {"symbol","price","ts","volume","sma10","candle1m":{...}}`.
+Keepalive `: ping <ms>` (plus `event: ping`) every SSE_KEEPALIVE_MS. Resume with the
+`Last-Event-ID` header or `lastEventId`; `event: reset` when that id left the window."""
+
+
+class _Provider(OpenAPIProvider):
+    def schema(self) -> dict[str, Any]:
+        document = super().schema()
+        stream = document["paths"].get("/realtime/ticks", {}).get("get")
+        if stream is not None:
+            stream["responses"][200] = {
+                "description": "the live event stream",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+            stream["description"] = STREAM_DESCRIPTION
+        return document
+
+
+def install(app: Any) -> None:
+    QuartSchema(
+        app,
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info={"title": "tickhub", "version": __version__},
+        security_schemes={"ApiKey": APIKeySecurityScheme(name="x-api-key", in_="header")},
+        openapi_provider_class=_Provider,
+        conversion_preference="pydantic",
+    )
