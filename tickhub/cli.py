@@ -334,3 +334,25 @@ def ui_build(out_dir: Path, api_base_url: str | None, realtime_url: str | None) 
     except UiBuildError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"dashboard written to {written}")
+
+
+@main.command()
+@click.option("--split", is_flag=True, required=True, help="Run each role as its own process.")
+def dev(split: bool) -> None:
+    """The split system on this machine: embedded Postgres and Redis; api (3030), two
+    consumers, two gateways (4000, 4001) and the feeder as separate processes."""
+    from tickhub.dev import EmbeddedRedis, EmbeddedRedisError, run_split
+
+    settings = _settings()
+    settings, embedded = _with_embedded_postgres(settings)
+    redis = EmbeddedRedis(data_path(settings, "redis"))
+    try:
+        redis_url = settings.redis_url or redis.start()
+        key = settings.api_keys[0] if settings.api_keys else "dev-key"
+        sys.exit(run_split(settings.database_url, redis_url, key, click.echo))
+    except EmbeddedRedisError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        redis.stop()
+        if embedded is not None:
+            embedded.stop()

@@ -150,6 +150,11 @@ class Settings:
     batch_max: int = env("BATCH_MAX", 500, validator=_positive)
     batch_flush_ms: int = env("BATCH_FLUSH_MS", 200, validator=_positive)
     worker_concurrency: int = env("WORKER_CONCURRENCY", 1, validator=_positive)
+    # The consumer's name in the stream's consumer group; stable names resume their own
+    # pending entries after a restart (default: host-pid).
+    consumer_name: str | None = env("CONSUMER_NAME", None)
+    # Entries pending this long on another consumer are taken over (it is presumed dead).
+    claim_idle_ms: int = env("CLAIM_IDLE_MS", 30_000, validator=_positive)
     ingest_timeout_ms: int = env("INGEST_TIMEOUT_MS", 2_000, validator=_positive)
     # Ticks admitted into the pipeline but not yet committed; beyond it the webhook waits.
     ingest_max_pending: int = env("INGEST_MAX_PENDING", 50_000, validator=_positive)
@@ -162,6 +167,10 @@ class Settings:
     stop_timeout_s: float = env("STOP_TIMEOUT_S", 10.0, validator=_positive)
     restart_max: int = env("RESTART_MAX", 5, validator=_positive)
     restart_window_s: float = env("RESTART_WINDOW_S", 60.0, validator=_positive)
+    # Where the page served by the api finds the API and the stream (the seed's build-time
+    # names); unset: the page's own origin.
+    ui_api_base_url: str | None = env("VITE_API_BASE_URL", None)
+    ui_realtime_url: str | None = env("VITE_REALTIME_URL", None)
     log_level: str = env("LOG_LEVEL", "info", validator=_one_of(LOG_LEVELS))
     log_pretty: bool = env("LOG_PRETTY", False)
     feeder: FeederSettings = attrs.field(factory=FeederSettings)

@@ -27,4 +27,7 @@ SSE_EVENTS_DROPPED = Counter(
     "tickhub_sse_events_dropped_total", "Events dropped from a slow client's buffer"
 )
 HUB_EVENTS = Counter("tickhub_hub_events_total", "Live events published to the hub")
+QUEUE_BATCHES = Gauge(
+    "tickhub_queue_batches", "Batches in the Redis ticks stream by state", ["state"]
+)  # state: pending | inFlight | completed | failed
 ACTOR_RESTARTS = Counter("tickhub_actor_restarts_total", "Actor restarts", ["actor"])

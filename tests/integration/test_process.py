@@ -8,51 +8,8 @@ import subprocess
 import time
 
 import httpx
-import pytest
-import trio
 
 from tests.conftest import API_KEY, tickhub_command
-from tests.consistency import differences
-from tickhub.sql.embedded import free_port
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"tickhub exited early with {proc.returncode}")
-        try:
-            if httpx.get(url + "/ops/health/readiness", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("tickhub did not become ready")
-
-
-@pytest.fixture
-def spawn(process_env, tmp_path):
-    procs = []
-
-    def start(*args: str, **env: str) -> tuple[subprocess.Popen, str]:
-        port = free_port()
-        log = open(tmp_path / f"tickhub-{len(procs)}.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [*tickhub_command(), *args],
-            env={**process_env, "PORT": str(port), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
-        return proc, url
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_run_all_serves_readiness_and_stops_on_sigterm(spawn, db_sync):
@@ -95,34 +52,3 @@ def test_sigkill_after_acks_loses_nothing(spawn, db_sync):
     stored = set(db_sync("SELECT idem_key FROM ticks_history"))
     assert acked and acked <= stored
     assert db_sync.differences() == []
-
-
-@pytest.fixture
-def db_sync(pg_url):
-    """Synchronous access to the test database for process tests (own trio run per call)."""
-    from tickhub.sql.db import open_bridge, open_database
-    from tickhub.sql.migrate import migrate_up
-
-    async def run(work):
-        async with open_bridge(), open_database(pg_url) as db:
-            return await work(db)
-
-    async def reset(db):
-        await migrate_up(db)
-        await db.execute(
-            "TRUNCATE ticks_raw, ticks_history, ohlc_1m, metrics_1m, symbols, source_stats"
-        )
-
-    trio.run(run, reset)
-
-    class Access:
-        def __call__(self, sql: str) -> list:
-            async def q(db):
-                return [r[0] for r in await db.fetch(sql)]
-
-            return trio.run(run, q)
-
-        def differences(self) -> list[str]:
-            return trio.run(run, differences)
-
-    return Access()

@@ -21,7 +21,7 @@ class FlakyHub:
     calls: int = 0
     events: list = attrs.field(factory=list)
 
-    def publish(self, symbol, payloads):
+    async def publish(self, symbol, payloads):
         self.calls += 1
         if self.calls in self.fail_on:
             raise RuntimeError("hub exploded")

@@ -26,7 +26,9 @@ log = structlog.get_logger(actor="aggregator")
 
 
 class Publisher(Protocol):
-    def publish(self, symbol: str, payloads: list[bytes]) -> None: ...
+    """Where live events go: the local hub, or the updates stream in split mode."""
+
+    async def publish(self, symbol: str, payloads: list[bytes]) -> None: ...
 
 
 def ordered(ticks: TickColumns) -> TickColumns:
@@ -82,7 +84,7 @@ class Aggregator:
     writer_tx: trio.MemorySendChannel  # WriteRequest
     stored_rx: trio.MemoryReceiveChannel  # FlushOutcome, from the writer
     stored_tx: trio.MemorySendChannel  # handed to the writer as the reply address
-    hub: Publisher
+    publisher: Publisher
     health: ActorHealth
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -105,5 +107,5 @@ class Aggregator:
     async def _publish_loop(self) -> None:
         async with self.stored_rx:
             async for outcome in self.stored_rx:
-                self.hub.publish(self.symbol, live_events(self.symbol, outcome))
+                await self.publisher.publish(self.symbol, live_events(self.symbol, outcome))
                 self.health.touch()

@@ -17,7 +17,7 @@ import attrs
 import orjson
 
 from tickhub import metrics
-from tickhub.actors.subscriber import Subscriber
+from tickhub.actors.subscriber import RESET_FRAME, Subscriber
 
 
 @attrs.frozen
@@ -36,6 +36,9 @@ class Hub:
     retain: int = 10_000
     client_buffer: int = 256
     next_id: int = attrs.field(factory=lambda: int(time.time() * 1_000_000))
+    # How far ahead of our newest id a resume id may be: a gateway a moment behind another
+    # serves what comes after it. 0 in one process, where a future id is from another run.
+    future_tolerance: int = 0
     # Events kept for resume; the oldest falls out when the window is full.
     _window: deque[Event] = attrs.field(init=False)
     _evicted_upto: int = attrs.field(init=False)
@@ -69,17 +72,21 @@ class Hub:
         self._window.append(event)
         metrics.HUB_EVENTS.inc()
         for sub in self._everything:
-            sub.deliver(event.frame)
+            if event_id > sub.after:
+                sub.deliver(event.frame)
         for sub in self._by_symbol.get(symbol, ()):
-            sub.deliver(event.frame)
+            if event_id > sub.after:
+                sub.deliver(event.frame)
 
     def subscribe(self, symbols: frozenset[str] | None, last_id: int | None = None) -> Subscriber:
         """A new subscriber; with `last_id`, preloaded with every retained event after it, or
         marked for reset when events after it were already evicted."""
         sub = Subscriber(symbols, self.client_buffer)
         if last_id is not None:
-            if last_id < self._evicted_upto or last_id > self.last_id:
+            if last_id < self._evicted_upto or last_id > self.last_id + self.future_tolerance:
                 sub.reset = True
+            elif last_id > self.last_id:
+                sub.after = last_id  # we have not seen it yet: serve what comes after it
             else:
                 sub.preload(
                     e.frame
@@ -106,11 +113,40 @@ class Hub:
                         del self._by_symbol[symbol]
         metrics.SSE_CLIENTS.dec()
 
+    def mark_start(self, evicted_upto: int) -> None:
+        """Ids up to `evicted_upto` are not in the window (a gateway's view of the stream)."""
+        self._evicted_upto = evicted_upto
+
+    def reset_all(self) -> None:
+        """Events may have been missed (the updates stream moved on while we were away):
+        every client reloads, and no resume reaches back across the gap."""
+        self._evicted_upto = self.last_id
+        self._window.clear()
+        for sub in [*self._everything, *(s for subs in self._by_symbol.values() for s in subs)]:
+            sub.deliver(RESET_FRAME)
+
     def close(self) -> None:
         """End every stream (graceful stop): subscribers finish what they have and return."""
         self.closed = True
         for sub in [*self._everything, *(s for subs in self._by_symbol.values() for s in subs)]:
             sub.close()
+
+
+@attrs.frozen
+class HubPublisher:
+    """The aggregators' publisher in one process: straight into the hub."""
+
+    hub: Hub
+
+    async def publish(self, symbol: str, payloads: list[bytes]) -> None:
+        self.hub.publish(symbol, payloads)
+
+
+class NullPublisher:
+    """Where live events go in a process without a gateway or Redis link."""
+
+    async def publish(self, symbol: str, payloads: list[bytes]) -> None:
+        return None
 
 
 def hello_frame(connected_ms: int, symbols: frozenset[str] | None) -> bytes:

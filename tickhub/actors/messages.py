@@ -27,6 +27,15 @@ class TickColumns:
 
 
 @attrs.frozen
+class TickBatch:
+    """A validated webhook batch: its source, item count, and columns per symbol."""
+
+    source: str
+    items: int
+    parts: list[TickColumns]
+
+
+@attrs.frozen
 class StoredTick:
     """A tick as `ticks_history` holds it after the flush inserted it."""
 

@@ -1,4 +1,4 @@
-"""The pipeline of one process: admission → per-symbol aggregators → writer → hub.
+"""The pipeline: admission → per-symbol aggregators → writer → publisher (hub or stream).
 
 It owns every channel of the pipeline (so restarted actors get clones of the same mailboxes)
 and the registry that starts an aggregator on a symbol's first tick. `submit()` is what ingest
@@ -73,7 +73,7 @@ class _Route:
 class Pipeline:
     supervisor: Supervisor
     store: Store
-    hub: Publisher
+    publisher: Publisher
     batch_max: int = 500
     flush_s: float = 0.2
     concurrency: int = 1
@@ -139,7 +139,7 @@ class Pipeline:
                 self._writer_tx.clone(),
                 stored_rx.clone(),
                 stored_tx,
-                self.hub,
+                self.publisher,
                 health,
             )
 

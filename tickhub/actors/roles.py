@@ -1,18 +1,23 @@
 """Roles are data: what each role runs, and the one `run_process()` that starts any mix.
 
-`all` is api + gateway + consumer in one process, joined by memory channels. The feeder is a
-role of its own (`tickhub up` adds it) so that a production `all` never invents ticks.
+`all` is api + gateway + consumer in one process, joined by memory channels. Any other mix
+of those three is *linked*: the missing peers run in other processes and Redis joins them
+(api → ticks stream → consumer → updates stream → gateway). The feeder is a role of its own
+(`tickhub up` adds it) so that a production `all` never invents ticks.
 
-Start-up order: asyncio bridge → database (+ migrations) → supervisor nursery → hub →
-pipeline → HTTP server → feeder. A graceful stop (SIGTERM/SIGINT) runs the other way within
-STOP_TIMEOUT_S: the feeder stops producing, SSE streams end, the HTTP server stops taking
-requests and finishes the ones in flight (their batches still commit), the pipeline drains
-and flushes, and only then is whatever is left cancelled.
+Start-up order: asyncio bridge → database (+ migrations) and Redis → supervisor nursery →
+hub → pipeline → Redis relays → HTTP server → feeder. A graceful stop (SIGTERM/SIGINT) runs
+the other way within STOP_TIMEOUT_S: the feeder stops producing, SSE streams end, the HTTP
+server stops taking requests and finishes the ones in flight (their batches still commit),
+the stream consumer stops reading and acknowledges what committed, the pipeline drains and
+flushes, and only then is whatever is left cancelled.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -22,13 +27,17 @@ import structlog
 import trio
 
 from tickhub import metrics
-from tickhub.actors.hub import Hub
+from tickhub.actors.hub import Hub, HubPublisher, NullPublisher
 from tickhub.actors.pipeline import Admission, Pipeline
 from tickhub.actors.supervisor import RestartPolicy, Supervisor
 from tickhub.config import Settings, SettingsError
 from tickhub.sql.db import open_bridge
 
 log = structlog.get_logger(actor="process")
+
+PLATFORM = ("api", "gateway", "consumer")
+# In a gateway, how far (in id units: ms·10⁶) a resume id may run ahead of the local hub.
+GATEWAY_ID_TOLERANCE = 60_000 * 1_000_000
 
 
 @attrs.frozen
@@ -46,34 +55,30 @@ ROLE_TABLE: dict[str, RoleSpec] = {
     "consumer": RoleSpec(database=True, pipeline=True),
     "feeder": RoleSpec(feeder=True),
 }
-ALL = ("api", "gateway", "consumer")
 
 
 def expand(roles: tuple[str, ...]) -> tuple[str, ...]:
     expanded: list[str] = []
     for role in roles:
-        for r in ALL if role == "all" else (role,):
+        for r in PLATFORM if role == "all" else (role,):
             if r not in expanded:
                 expanded.append(r)
     return tuple(expanded)
 
 
+def linked(roles: tuple[str, ...]) -> bool:
+    """Whether this process's platform roles need peers in other processes (via Redis)."""
+    platform = set(PLATFORM) & set(roles)
+    return bool(platform) and platform != set(PLATFORM)
+
+
 def check_roles(settings: Settings, roles: tuple[str, ...]) -> None:
-    """Roles that are not all in this process must be joined by Redis."""
-    platform = {"api", "gateway", "consumer"} & set(roles)
-    if platform and platform != set(ALL):
+    if linked(roles) and not settings.redis_url:
+        alone = ",".join(r for r in roles if r in PLATFORM)
         raise SettingsError(
-            f"roles {','.join(sorted(platform))} without "
-            f"{','.join(sorted(set(ALL) - platform))} in the same process need the Redis "
-            "link between processes, which this version does not have yet: run --role all"
+            f"REDIS_URL: required for --role {alone} (roles in separate processes are joined "
+            "by Redis); or run --role all"
         )
-
-
-class NullPublisher:
-    """Where live events go in a process without a gateway."""
-
-    def publish(self, symbol: str, payloads: list[bytes]) -> None:
-        pass
 
 
 async def run_process(
@@ -96,39 +101,42 @@ async def run_process(
     watch_signals = stop is None  # a caller that brings its own stop event owns the stop
     stop = trio.Event() if stop is None else stop
     async with open_bridge(), AsyncExitStack() as stack:
-        db = None
-        if need.database:
-            db = await stack.enter_async_context(_open_db(settings))
+        db = await stack.enter_async_context(_open_db(settings)) if need.database else None
+        link = None
+        if linked(roles):
+            from tickhub.streams import StreamNames, open_redis
+
+            names = StreamNames(
+                f"{settings.queue_prefix}:{settings.ticks_queue}", settings.pubsub_channel
+            )
+            link = await stack.enter_async_context(open_redis(settings.redis_url, names))
         async with trio.open_nursery() as nursery:
             if watch_signals:
                 nursery.start_soon(_watch_signals, stop)
-            await _run_roles(settings, roles, need, db, nursery, stop, on_serving)
+            await _run_roles(settings, roles, need, db, link, nursery, stop, on_serving)
             nursery.cancel_scope.cancel()
     log.info("stopped")
 
 
 def _open_db(settings: Settings) -> Any:
+    from contextlib import asynccontextmanager
+
     from tickhub.sql.db import open_database
+    from tickhub.sql.migrate import migrate_up
 
     if not settings.database_url:
         raise SettingsError("DATABASE_URL: required for roles api and consumer")
 
-    class _WithMigrations:
-        async def __aenter__(self) -> Any:
-            from tickhub.sql.migrate import migrate_up
-
-            self._cm = open_database(settings.database_url, max_size=settings.db_pool_size)
-            db = await self._cm.__aenter__()
+    @asynccontextmanager
+    async def opened() -> Any:
+        async with open_database(settings.database_url, max_size=settings.db_pool_size) as db:
             if settings.migrate_on_start:
                 applied = await migrate_up(db)
                 if applied:
                     log.info("migrations applied", migrations=applied)
-            return db
+            yield db
 
-        async def __aexit__(self, *exc: Any) -> Any:
-            return await self._cm.__aexit__(*exc)
-
-    return _WithMigrations()
+    return opened()
 
 
 async def _run_roles(
@@ -136,34 +144,38 @@ async def _run_roles(
     roles: tuple[str, ...],
     need: RoleSpec,
     db: Any,
+    link: Any,
     nursery: trio.Nursery,
     stop: trio.Event,
     on_serving: Callable[[str], None] | None,
 ) -> None:
+    from tickhub.actors.ingest import LocalIngest, StreamIngest
     from tickhub.http.app import create_app, serve_app
     from tickhub.http.services import Services
-    from tickhub.sql.store import TickStore
 
     supervisor = Supervisor(
         nursery,
         RestartPolicy(settings.restart_max, settings.restart_window_s),
         on_restart=lambda name: metrics.ACTOR_RESTARTS.labels(name.split(":")[0]).inc(),
     )
-    hub = Hub(settings.sse_retain_events, settings.sse_client_buffer) if need.hub else None
-    pipeline = None
-    if need.pipeline:
-        pipeline = Pipeline(
-            supervisor,
-            TickStore(db, settings.raw_audit),
-            hub if hub is not None else NullPublisher(),
-            batch_max=settings.batch_max,
-            flush_s=settings.batch_flush_ms / 1000,
-            concurrency=settings.worker_concurrency,
-            ingest_timeout_s=settings.ingest_timeout_ms / 1000,
-            admission=Admission(settings.ingest_max_pending),
+    hub = None
+    if need.hub:
+        hub = Hub(
+            settings.sse_retain_events,
+            settings.sse_client_buffer,
+            future_tolerance=GATEWAY_ID_TOLERANCE if link else 0,
         )
-        await pipeline.start()
-    svc = Services(settings, supervisor, db, pipeline, hub, enabled_roles=roles)
+    pipeline = await _start_pipeline(settings, supervisor, db, hub, link) if need.pipeline else None
+    stop_reading = trio.Event()  # graceful stop of the stream consumer, if one runs
+    if link is not None:
+        await _start_relays(settings, roles, supervisor, pipeline, hub, link, stop_reading)
+
+    ingest = None
+    if "api" in roles:
+        ingest = LocalIngest(pipeline) if pipeline is not None else StreamIngest(link)
+    svc = Services(
+        settings, supervisor, db, pipeline, hub, enabled_roles=roles, ingest=ingest, link=link
+    )
     app = create_app(svc)
     http_stop = trio.Event()
     http_done = trio.Event()
@@ -180,7 +192,7 @@ async def _run_roles(
     url = binds[0] if binds else f"http://{settings.host}:{settings.default_port}"
     if need.feeder:
         await _start_feeder(settings, supervisor, svc)
-    log.info("serving", url=url, roles=",".join(roles))
+    log.info("serving", url=url, roles=",".join(roles), linked=link is not None)
     if on_serving is not None:
         on_serving(url)
 
@@ -194,10 +206,70 @@ async def _run_roles(
             hub.close()
         http_stop.set()
         await http_done.wait()
+        if "stream-consumer" in supervisor.actors:
+            stop_reading.set()
+            await supervisor.actors["stream-consumer"].finished.wait()
         if pipeline is not None:
             await pipeline.close()
     if deadline.cancelled_caught:
         log.warning("graceful stop timed out; cancelling the rest")
+
+
+async def _start_pipeline(
+    settings: Settings, supervisor: Supervisor, db: Any, hub: Hub | None, link: Any
+) -> Pipeline:
+    from tickhub.actors.relay import RedisPublisher
+    from tickhub.sql.store import TickStore
+
+    if link is not None:
+        publisher: Any = RedisPublisher(link, settings.sse_retain_events)
+    elif hub is not None:
+        publisher = HubPublisher(hub)
+    else:
+        publisher = NullPublisher()
+    pipeline = Pipeline(
+        supervisor,
+        TickStore(db, settings.raw_audit),
+        publisher,
+        batch_max=settings.batch_max,
+        flush_s=settings.batch_flush_ms / 1000,
+        concurrency=settings.worker_concurrency,
+        ingest_timeout_s=settings.ingest_timeout_ms / 1000,
+        admission=Admission(settings.ingest_max_pending),
+    )
+    await pipeline.start()
+    return pipeline
+
+
+async def _start_relays(
+    settings: Settings,
+    roles: tuple[str, ...],
+    supervisor: Supervisor,
+    pipeline: Pipeline | None,
+    hub: Hub | None,
+    link: Any,
+    stop_reading: trio.Event,
+) -> None:
+    """The Redis edges this linked process needs."""
+    from tickhub.actors.relay import StreamConsumer, StreamKeeper, UpdatesRelay
+
+    if pipeline is not None and "api" not in roles:
+        name = settings.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+
+        def make_consumer(health: Any) -> StreamConsumer:
+            return StreamConsumer(
+                link,
+                pipeline,
+                health,
+                name,
+                stop_reading,
+                claim_idle_s=settings.claim_idle_ms / 1000,
+            )
+
+        await supervisor.start("stream-consumer", make_consumer, restart=True)
+        await supervisor.start("stream-keeper", lambda h: StreamKeeper(link, h), restart=True)
+    if hub is not None:
+        await supervisor.start("updates-relay", lambda h: UpdatesRelay(link, hub, h), restart=True)
 
 
 async def _start_feeder(settings: Settings, supervisor: Supervisor, svc: Any) -> None:

@@ -35,6 +35,7 @@ class Subscriber:
     symbols: frozenset[str] | None
     capacity: int
     buffer: deque[bytes] = attrs.field(init=False)
+    after: int = -1  # deliver only events with a larger id (resume ahead of this hub)
     dropped: int = 0
     reported_drops: int = 0
     sent: int = 0

@@ -17,13 +17,14 @@ from quart import Blueprint, Response, request
 from quart_schema import document, security_scheme, tag
 
 from tickhub import metrics
-from tickhub.actors.pipeline import Overloaded
+from tickhub.actors.ingest import IngestUnavailable
 from tickhub.http import openapi as doc
 from tickhub.http.errors import ApiError, unavailable
 from tickhub.http.services import services
 from tickhub.http.validation import BadRequest, Invalid, load_json, parse_symbols, parse_ticks
 from tickhub.sql.db import DatabaseUnavailable
 from tickhub.sql.queries import INTERVALS, WINDOWS
+from tickhub.streams import RedisUnavailable
 
 log = structlog.get_logger(actor="api")
 
@@ -165,7 +166,7 @@ def make_blueprint(prefix: str) -> Blueprint:
         """Stored tick counts per source and the ingest queue."""
         svc = services()
         body = await _db(svc.queries.stats())
-        body["queue"] = queue_stats(svc)
+        body["queue"] = await _redis(svc.queue_stats())
         return json_response(body)
 
     return bp
@@ -174,19 +175,6 @@ def make_blueprint(prefix: str) -> Blueprint:
 def _errors(model: Any, status: int, *errors: int) -> dict[int, tuple[Any, None]]:
     """The success model plus the error envelope for each error status the route can give."""
     return {status: (model, None), **{code: (doc.Error, None) for code in errors}}
-
-
-def queue_stats(svc: Any) -> dict[str, int]:
-    pipeline = svc.pipeline
-    if pipeline is None:
-        return {"pending": 0, "inFlight": 0, "completed": 0, "failed": 0}
-    queued = pipeline.writer.queued_rows if pipeline.writer else 0
-    return {
-        "pending": queued,
-        "inFlight": max(pipeline.admission.pending - queued, 0),
-        "completed": pipeline.completed,
-        "failed": pipeline.failed,
-    }
 
 
 async def _ingest_ticks() -> Response:
@@ -207,26 +195,30 @@ async def _ingest_ticks() -> Response:
         metrics.INGEST_TICKS.labels("rejected").inc(len(items) if isinstance(items, list) else 0)
         raise ApiError(422, "invalid ticks", exc.details) from None
     try:
-        receipt = await svc.pipeline.submit(batch.parts, batch.items)
-    except Overloaded:
-        raise unavailable("ingest is saturated; retry later") from None
-    await receipt.done.wait()
-    if receipt.failed:
-        log.warning("batch not stored", items=batch.items, error=str(receipt.error))
-        raise unavailable("storage is unavailable; nothing of this batch was stored")
-    metrics.INGEST_TICKS.labels("accepted").inc(receipt.accepted)
-    metrics.INGEST_TICKS.labels("duplicate").inc(receipt.duplicates)
+        result = await svc.ingest.ingest(batch)
+    except IngestUnavailable as exc:
+        log.warning("batch not taken", items=batch.items, error=str(exc))
+        raise unavailable(str(exc)) from None
+    metrics.INGEST_TICKS.labels("accepted").inc(result.accepted)
+    metrics.INGEST_TICKS.labels("duplicate").inc(result.duplicates)
     metrics.INGEST_REQUESTS.labels("202").inc()
     return json_response(
         {
-            "accepted": receipt.accepted,
-            "duplicates": receipt.duplicates,
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
             "queued": batch.items,
             "rejected": 0,
             "skipped": 0,
         },
         202,
     )
+
+
+async def _redis(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except RedisUnavailable:
+        raise unavailable("queue unavailable") from None
 
 
 async def _db(awaitable: Any) -> Any:

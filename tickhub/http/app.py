@@ -40,7 +40,9 @@ def create_app(svc: Services) -> QuartTrio:
         app.register_blueprint(sse.make_blueprint())
         app.register_blueprint(ops.make_health_blueprint("gateway_health", ""))
     if "ui" in parts:
-        app.register_blueprint(ui.make_blueprint())
+        app.register_blueprint(
+            ui.make_blueprint(settings.ui_api_base_url, settings.ui_realtime_url)
+        )
     _install_cors(app, settings.cors_allow_origins, settings.allow_origins)
     return app
 

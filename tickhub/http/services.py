@@ -26,17 +26,37 @@ class Services:
     hub: Hub | None = None
     feeder: Any = None
     enabled_roles: tuple[str, ...] = ("api", "gateway", "consumer")
+    ingest: Any = None  # LocalIngest or StreamIngest (api role)
+    link: Any = None  # the Redis link, when roles run in separate processes
     queries: Queries | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.db is not None:
             self.queries = Queries(self.db)
 
+    async def queue_stats(self) -> dict[str, int]:
+        """Batches waiting (`pending`), being stored (`inFlight`), stored, failed."""
+        if self.link is not None:
+            return await self.link.queue_stats()
+        pipeline = self.pipeline
+        if pipeline is None:
+            return {"pending": 0, "inFlight": 0, "completed": 0, "failed": 0}
+        queued = pipeline.writer.queued_rows if pipeline.writer else 0
+        return {
+            "pending": queued,
+            "inFlight": max(pipeline.admission.pending - queued, 0),
+            "completed": pipeline.completed,
+            "failed": pipeline.failed,
+        }
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, str] = {}
         if self.db is not None:
             checks["db"] = "ok" if await self.db.ping() else "unreachable"
-        checks["redis"] = "n/a"
+        if self.link is not None:
+            checks["redis"] = "ok" if await self.link.ping() else "unreachable"
+        else:
+            checks["redis"] = "n/a"
         if self.feeder is not None:
             checks["feeder"] = "ok" if self.feeder.ready() else "not posting"
         actors_ok = self.supervisor.healthy

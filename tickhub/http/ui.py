@@ -14,7 +14,7 @@ from quart import Blueprint, Response, request
 from quart_schema import hide
 
 from tickhub.http.errors import ApiError
-from tickhub.ui.build import CACHE_CONTROL, UI_DIR, content_type, page_files
+from tickhub.ui.build import CACHE_CONTROL, UI_DIR, content_type, page_files, render_config
 
 # The strictest policy the chart library runs under: it sets inline styles on its canvas.
 CSP = (
@@ -23,9 +23,18 @@ CSP = (
 )
 
 
-def make_blueprint() -> Blueprint:
+def make_blueprint(api_base_url: str | None = None, realtime_url: str | None = None) -> Blueprint:
     bp = Blueprint("ui", __name__)
     served = set(page_files(require_vendor=False))
+    config = render_config(api_base_url, realtime_url).encode()
+
+    @bp.get("/config.js")
+    @hide
+    async def page_config() -> Response:
+        """The page's API and stream URLs (VITE_API_BASE_URL / VITE_REALTIME_URL)."""
+        response = Response(config, content_type=content_type("config.js"))
+        response.headers["Cache-Control"] = CACHE_CONTROL
+        return response
 
     @bp.get("/")
     @hide

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import orjson
 
-from tickhub.actors.messages import TickColumns
+from tickhub.actors.messages import TickBatch, TickColumns
 
 SYMBOL = re.compile(r"[A-Z0-9._:/\-]{1,32}")
 SOURCE = re.compile(r"[A-Za-z0-9._:/\-]{1,64}")
@@ -39,13 +39,6 @@ class Invalid(ValueError):
 
     def __str__(self) -> str:
         return f"{len(self.details)} invalid field(s)"
-
-
-@attrs.frozen
-class TickBatch:
-    source: str
-    items: int
-    parts: list[TickColumns]
 
 
 def load_json(body: bytes) -> Any:

@@ -1,0 +1,242 @@
+"""The actors at the Redis edges when roles run in separate processes.
+
+- `StreamConsumer` (consumer role): reads the ticks stream through the consumer group into
+  the same pipeline as one process, and acknowledges an entry only once the flush holding it
+  committed. Entries whose flush failed stay pending and are retried; entries pending on a
+  consumer that died are claimed after `claim_idle_s`. Redelivery never double counts: the
+  writer's insert is idempotent.
+- `RedisPublisher` (consumer role): the aggregators' live events onto the updates stream.
+- `UpdatesRelay` (gateway role): the updates stream into the local hub, with the stream's
+  global ids. It reconnects with backoff and reads on from the last id it saw; if Redis
+  trimmed past that id meanwhile, its clients get `event: reset` instead of a silent gap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from tickhub import metrics
+from tickhub.actors.hub import Hub
+from tickhub.actors.pipeline import Overloaded, Pipeline
+from tickhub.actors.supervisor import ActorHealth
+from tickhub.streams import RedisLink, RedisUnavailable, decode_batch, stream_id
+
+log = structlog.get_logger(actor="relay")
+
+# Entries read per XREADGROUP; the pipeline's admission bounds what is in flight.
+READ_COUNT = 50
+# Entries handed to the pipeline and waiting for their commit before the ack.
+ACK_BUFFER = 256
+BLOCK_MS = 1000
+
+
+@attrs.define
+class StreamConsumer:
+    link: RedisLink
+    pipeline: Pipeline
+    health: ActorHealth
+    name: str
+    # Set to stop reading (graceful stop); shared by every incarnation. What was read is
+    # still committed and acknowledged before the consumer returns.
+    stopping: trio.Event
+    claim_idle_s: float = 30.0
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self.link.ensure_group()
+        acks_tx, acks_rx = trio.open_memory_channel(ACK_BUFFER)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._acker, acks_rx)
+            task_status.started()
+            async with acks_tx:
+                with trio.CancelScope() as reading:
+                    nursery.start_soon(self._cancel_on_stop, reading)
+                    await self._read_through_outages(acks_tx)
+
+    async def _cancel_on_stop(self, scope: trio.CancelScope) -> None:
+        await self.stopping.wait()
+        scope.cancel()
+
+    async def _read_through_outages(self, acks_tx: trio.MemorySendChannel) -> None:
+        """Read; while Redis is unreachable, wait with backoff (an outage is not a crash)."""
+        delay = 0.1
+        while True:
+            try:
+                await self._read(acks_tx)
+            except RedisUnavailable as exc:
+                log.warning("ticks stream unreachable; retrying", error=str(exc), retry_in_s=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _read(self, acks_tx: trio.MemorySendChannel) -> None:
+        # Our own pending entries first (we restarted mid-batch), then new ones; now and then
+        # take over entries a dead consumer left pending.
+        for entry in await self.link.read_group(self.name, "0", 10_000, None):
+            await self._submit(entry, acks_tx)
+        next_claim = trio.current_time() + self.claim_idle_s / 2
+        while True:
+            if trio.current_time() >= next_claim:
+                await self._claim(acks_tx)
+                next_claim = trio.current_time() + self.claim_idle_s / 2
+            entries = await self.link.read_group(self.name, ">", READ_COUNT, BLOCK_MS)
+            for entry in entries:
+                await self._submit(entry, acks_tx)
+            self.health.touch()
+
+    async def _claim(self, acks_tx: trio.MemorySendChannel) -> None:
+        """Take over idle pending entries (a dead consumer's, or ours whose flush failed),
+        page after page, so a backlog after an outage drains at once."""
+        idle_ms = int(self.claim_idle_s * 1000)
+        while True:
+            claimed = await self.link.claim(self.name, idle_ms, READ_COUNT)
+            for entry in claimed:
+                await self._submit(entry, acks_tx)
+            if len(claimed) < READ_COUNT:
+                return
+
+    async def _submit(self, entry: tuple[str, bytes], acks_tx: trio.MemorySendChannel) -> None:
+        entry_id, payload = entry
+        parts, items = decode_batch(payload)
+        while True:
+            try:
+                receipt = await self.pipeline.submit(parts, items)
+                break
+            except Overloaded:
+                continue  # the pipeline is full: keep waiting, the entry stays unacknowledged
+        await acks_tx.send((entry_id, receipt))
+
+    async def _acker(self, acks_rx: trio.MemoryReceiveChannel) -> None:
+        async with acks_rx:
+            async for entry_id, receipt in acks_rx:
+                ids, failed = [], 0
+                batch = [(entry_id, receipt)]
+                while True:  # acknowledge everything already committed in one round trip
+                    try:
+                        batch.append(acks_rx.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                for eid, rec in batch:
+                    await rec.done.wait()
+                    if rec.failed:
+                        failed += 1  # stays pending: retried after claim_idle_s
+                    else:
+                        ids.append(eid)
+                await self._ack(ids, failed)
+
+    async def _ack(self, ids: list[str], failed: int) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.link.ack(ids, failed)
+                return
+            except RedisUnavailable as exc:
+                # Not acknowledging is safe (redelivery is idempotent); keep trying a while.
+                log.warning("ack failed; retrying", error=str(exc), entries=len(ids))
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+@attrs.define
+class StreamKeeper:
+    """Now and then: trims the ticks stream below its oldest unacknowledged entry, and
+    reports the queue (batches waiting, in flight, done, failed) as a metric."""
+
+    link: RedisLink
+    health: ActorHealth
+    every_s: float = 5.0
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            try:
+                await self.link.trim_acknowledged()
+                for state, value in (await self.link.queue_stats()).items():
+                    metrics.QUEUE_BATCHES.labels(state).set(value)
+                self.health.touch()
+            except RedisUnavailable as exc:
+                log.warning("queue upkeep skipped", error=str(exc))
+            await trio.sleep(self.every_s)
+
+
+@attrs.define
+class RedisPublisher:
+    """Where the consumer's aggregators publish: the updates stream, one round trip each."""
+
+    link: RedisLink
+    maxlen: int
+
+    async def publish(self, symbol: str, payloads: list[bytes]) -> None:
+        # Retried until it lands: dropping them would be a silent gap for every gateway.
+        # Meanwhile the aggregator waits, and backpressure reaches the writer and ingest.
+        delay = 0.1
+        while payloads:
+            try:
+                await self.link.publish_updates(symbol, payloads, self.maxlen)
+                return
+            except RedisUnavailable as exc:
+                log.warning("updates stream unreachable; retrying", error=str(exc))
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+@attrs.define
+class UpdatesRelay:
+    link: RedisLink
+    hub: Hub
+    health: ActorHealth
+    last_id: int | None = None
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self._preload()
+        task_status.started()
+        delay = 0.1
+        while True:
+            try:
+                await self._follow()
+            except RedisUnavailable as exc:
+                log.warning(
+                    "updates stream unreachable; reconnecting", error=str(exc), retry_in_s=delay
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                if await self._missed_some():
+                    self.hub.reset_all()
+                continue
+            delay = 0.1
+
+    async def _preload(self) -> None:
+        """Fill the resume window from the stream, so a restarted gateway can resume too."""
+        try:
+            recent = await self.link.recent_updates(self.hub.retain)
+        except RedisUnavailable:
+            recent = []
+        self.hub.next_id = recent[0][0] if recent else 0
+        self.hub.mark_start(self.hub.next_id - 1)
+        for eid, symbol, data in recent:
+            self.hub.publish_event(eid, symbol, data)
+            self.last_id = eid
+
+    async def _follow(self) -> None:
+        after = "$" if self.last_id is None else stream_id(self.last_id)
+        while True:
+            events = await self.link.read_updates(after, 1000, BLOCK_MS)
+            for eid, symbol, data in events:
+                self.hub.publish_event(eid, symbol, data)
+                self.last_id = eid
+            if events:
+                after = stream_id(self.last_id)
+            elif self.last_id is None:
+                after = "$"
+            self.health.touch()
+
+    async def _missed_some(self) -> bool:
+        """True when updates after our last id were trimmed while we were away."""
+        try:
+            oldest = await self.link.oldest_update()
+        except RedisUnavailable:
+            return False
+        # Ids are not contiguous: only an oldest entry newer than ours proves nothing was lost.
+        return self.last_id is not None and oldest is not None and oldest > self.last_id
