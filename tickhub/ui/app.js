@@ -113,7 +113,13 @@ function onTick(tick) {
   state.lastEventId = stream.lastEventId;
   updateQuote(tick);
   if (tick.symbol !== state.symbol || !tick.candle1m) return;
-  if (!metricsInFlight && Date.now() - metricsAt > METRICS_LIVE_MS) refreshMetrics();
+  if (!metricsInFlight) {
+    // At most one metrics request per METRICS_LIVE_MS, but always one after the last tick.
+    const wait = METRICS_LIVE_MS - (Date.now() - metricsAt);
+    clearTimeout(metricsTimer);
+    if (wait <= 0) refreshMetrics();
+    else metricsTimer = setTimeout(refreshMetrics, wait);
+  }
   if (pending) {
     pending.push(tick);
     if (pending.length > PENDING_MAX) loadHistory();
@@ -255,12 +261,27 @@ async function refreshSymbols() {
   try {
     const list = await api.symbols();
     setSymbols(list.filter((s) => s.active !== false).map((s) => s.symbol));
+    for (const symbol of state.symbols) if (!quotes.has(symbol)) seedQuote(symbol);
     if (state.error?.startsWith('Could not load symbols')) state.error = null;
   } catch (err) {
     state.error = `Could not load symbols (${err.message}). Retrying.`;
   }
   scheduleRender();
   setTimeout(refreshSymbols, state.symbols.length ? SYMBOLS_REFRESH_MS : SYMBOLS_REFRESH_EMPTY_MS);
+}
+
+/** The last price of a symbol the stream has not mentioned yet: its latest 1m close. */
+async function seedQuote(symbol) {
+  try {
+    const page = await api.candles(symbol, '1m', {limit: 1});
+    const last = page.items.at(-1);
+    if (last && !quotes.has(symbol)) {
+      quotes.set(symbol, {price: last.close, ts: last.ts, direction: 'flat'});
+      scheduleRender();
+    }
+  } catch {
+    // The watchlist keeps its dash; the next symbols refresh tries again.
+  }
 }
 
 function setSymbols(symbols) {
