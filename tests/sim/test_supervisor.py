@@ -30,8 +30,9 @@ async def test_restarts_back_off_exponentially(autojump_clock):
     starts: list[float] = []
     done = trio.Event()
     policy = RestartPolicy(max_restarts=5, window_s=60, backoff_initial_s=0.1, backoff_max_s=10)
+    restarted: list[str] = []
     async with trio.open_nursery() as nursery:
-        sup = Supervisor(nursery, policy)
+        sup = Supervisor(nursery, policy, on_restart=restarted.append)  # feeds the metric
         await sup.start("flaky", lambda h: Flaky(starts, 3, done), restart=True)
         await trio.sleep(5)
         health = sup.actors["flaky"]
@@ -41,6 +42,7 @@ async def test_restarts_back_off_exponentially(autojump_clock):
         done.set()
     # crash at 0 → restart after 0.1; at 0.1 → 0.2 later; at 0.3 → 0.4 later.
     assert starts == pytest.approx([0.0, 0.1, 0.3, 0.7])
+    assert restarted == ["flaky"] * 3
     assert health.state == "stopped"
 
 
