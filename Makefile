@@ -49,6 +49,9 @@ test: $(VENV)/.dev ui chromium
 bench: $(VENV)/.dev ui
 	$(BIN)/python -m bench.ingest --size 500
 	$(BIN)/python -m bench.ingest --size 50 --batches 200
+	$(BIN)/python -m bench.ingest --mode split --consumers 1
+	$(BIN)/python -m bench.ingest --mode split --consumers 2
+	@cat bench/results/results.md
 
 clean:
 	rm -rf $(VENV) tickhub/ui/node_modules tickhub/ui/vendor .pytest_cache

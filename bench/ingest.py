@@ -1,8 +1,11 @@
-"""Durable ingest rate of the one-process pipeline beside the DB-only limit, in one run.
+"""Durable ingest rate beside the DB-only limit, in one run.
 
-- durable: N concurrent posters send batches of unique ticks to the webhook of a tickhub
-  (`run_process`, role all, embedded Postgres); rate = acknowledged ticks ÷ (first POST →
-  last 202), and a 202 means committed.
+- durable, `--mode all`: N concurrent posters send batches of unique ticks to the webhook of
+  a tickhub (`run_process`, role all, embedded Postgres); rate = acknowledged ticks ÷ (first
+  POST → last 202), and there a 202 means committed.
+- durable, `--mode split`: the same posters against an api process; `--consumers` consumer
+  processes and an embedded Redis between them; rate = acknowledged ticks ÷ (first POST →
+  last row visible in `ticks_history`).
 - DB-only: the same number of rows written with the writer's own flush SQL (`TickStore`),
   no HTTP, no actors, in flushes of the same size.
 
@@ -13,6 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +33,7 @@ from tickhub.actors.roles import run_process
 from tickhub.config import load_settings
 from tickhub.logs import configure_logging
 from tickhub.sql.db import open_bridge, open_database
-from tickhub.sql.embedded import EmbeddedPostgres
+from tickhub.sql.embedded import EmbeddedPostgres, free_port
 from tickhub.sql.migrate import migrate_up
 from tickhub.sql.store import TickStore
 
@@ -97,12 +104,66 @@ async def db_only(db, total: int, size: int) -> float:
     return time.perf_counter() - started
 
 
+def start_processes(env: dict, roles: list[tuple[str, int]], procs: list) -> None:
+    from tickhub.dev import _wait_ready
+
+    for role, port in roles:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tickhub", "run", "--role", role],
+            env={**env, "PORT": str(port), "CONSUMER_NAME": f"c{port}"},
+        )
+        procs.append(proc)
+        _wait_ready(port, proc)
+
+
+async def split(url: str, tmp: str, args: argparse.Namespace) -> tuple[int, float]:
+    """api + consumers as processes over an embedded Redis; time until the last row lands."""
+    from tickhub.dev import EmbeddedRedis
+
+    redis = EmbeddedRedis(Path(tmp) / "redis")
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": redis.start(),
+        "API_KEY": "bench",
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "warning",
+    }
+    procs = []
+    try:
+        roles = [("api", free_port())] + [("consumer", free_port()) for _ in range(args.consumers)]
+        await trio.to_thread.run_sync(start_processes, env, roles, procs)
+        api = f"http://127.0.0.1:{roles[0][1]}"
+        started = time.perf_counter()
+        acked, _ = await durable(api, args.posters, args.batches, args.size)
+        async with open_database(url) as db:
+            stored = 0
+            while stored < acked:  # polling the database: the end of the run is a row count
+                stored = await db.fetchval("SELECT count(*) FROM ticks_history")
+                await trio.sleep(0.01)
+        return acked, time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(20)
+        redis.stop()
+
+
 async def main(args: argparse.Namespace) -> dict:
     configure_logging("warning")
     with tempfile.TemporaryDirectory() as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "pg", fsync=False)
         url = pg.start()
         try:
+            if args.mode == "split":
+                async with open_bridge():
+                    async with open_database(url) as db:
+                        await migrate_up(db)
+                    acked, elapsed = await split(url, tmp, args)
+                    async with open_database(url) as db:
+                        db_elapsed = await db_only(db, acked, args.size)
+                return result(args, acked, elapsed, db_elapsed)
             settings = attrs.evolve(
                 load_settings(
                     {"HOST": "127.0.0.1", "PORT": "0", "API_KEY": "bench", "LOG_LEVEL": "warning"}
@@ -127,11 +188,16 @@ async def main(args: argparse.Namespace) -> dict:
                     stop.set()
         finally:
             pg.stop()
+    return result(args, acked, elapsed, db_elapsed)
+
+
+def result(args: argparse.Namespace, acked: int, elapsed: float, db_elapsed: float) -> dict:
     rate = acked / elapsed
     db_rate = acked / db_elapsed
+    mode = args.mode if args.mode == "all" else f"split ({args.consumers} consumers)"
     return {
         "bench": "ingest",
-        "mode": "all",
+        "mode": mode,
         "posters": args.posters,
         "batch": args.size,
         "ticks": acked,
@@ -162,6 +228,8 @@ if __name__ == "__main__":
     parser.add_argument("--posters", type=int, default=4)
     parser.add_argument("--batches", type=int, default=40, help="batches per poster")
     parser.add_argument("--size", type=int, default=500, help="ticks per batch")
+    parser.add_argument("--mode", choices=["all", "split"], default="all")
+    parser.add_argument("--consumers", type=int, default=1, help="consumer processes (split)")
     result = trio.run(main, parser.parse_args())
     print(json.dumps(result))
     record(result)
