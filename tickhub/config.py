@@ -139,6 +139,26 @@ class Settings:
     api_prefix: str = env("API_PREFIX", "/api/v1", validator=_prefix)
     api_key: str | None = env("API_KEY", None)
     api_keys_extra: tuple[str, ...] = env("API_KEYS", ())
+    # HS256 secret for bearer tokens and stream tokens (at least 32 bytes); unset: keys only.
+    jwt_secret: str | None = env("JWT_SECRET", None)
+    # 1: queries and the stream need credentials too (a key, a `read` token, a stream token).
+    read_auth: bool = env("READ_AUTH", False)
+    stream_token_ttl_s: int = env("STREAM_TOKEN_TTL_S", 300, validator=_positive)
+    # Requests per window per client (API key, token subject, or IP): "N/s", "N/m", "N/h";
+    # "0" turns a limit off. Shared through Redis when roles run in separate processes.
+    rate_limit_webhooks: str = env("RATE_LIMIT_WEBHOOKS", "200/s")
+    rate_limit_queries: str = env("RATE_LIMIT_QUERIES", "100/s")
+    rate_limit_stream: str = env("RATE_LIMIT_STREAM", "60/m")
+    # Proxies whose X-Forwarded-For is believed (IPs or CIDRs); otherwise the socket's peer.
+    trusted_proxies: tuple[str, ...] = env("TRUSTED_PROXIES", ())
+    sse_max_clients: int = env("SSE_MAX_CLIENTS", 20_000, validator=_positive)
+    sse_max_per_client: int = env("SSE_MAX_PER_CLIENT", 50, validator=_positive)
+    # Raw and deduplicated ticks older than this are deleted (candles are kept); 0: keep all.
+    retention_days: float = env("RETENTION_DAYS", 0.0, validator=_non_negative)
+    # A connection that has not sent a whole request head in this long is closed (slow loris).
+    http_idle_timeout_s: float = env("HTTP_IDLE_TIMEOUT_S", 15.0, validator=_positive)
+    # A request body that takes longer than this to arrive is cut off.
+    http_body_timeout_s: float = env("HTTP_BODY_TIMEOUT_S", 30.0, validator=_positive)
     queue_prefix: str = env("QUEUE_PREFIX", "realtime")
     ticks_queue: str = env("TICKS_QUEUE", "ticks")
     pubsub_channel: str = env("PUBSUB_CHANNEL", "ch:ticks")
@@ -174,6 +194,32 @@ class Settings:
     log_level: str = env("LOG_LEVEL", "info", validator=_one_of(LOG_LEVELS))
     log_pretty: bool = env("LOG_PRETTY", False)
     feeder: FeederSettings = attrs.field(factory=FeederSettings)
+
+    def __attrs_post_init__(self) -> None:
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
+            raise SettingsError("JWT_SECRET: expected at least 32 bytes")
+        if self.read_auth and not self.jwt_secret:
+            raise SettingsError("READ_AUTH=1 needs JWT_SECRET (browsers use stream tokens)")
+        from tickhub.ratelimit import parse_rate  # here: ratelimit imports nothing of ours
+
+        for name, value in (
+            ("RATE_LIMIT_WEBHOOKS", self.rate_limit_webhooks),
+            ("RATE_LIMIT_QUERIES", self.rate_limit_queries),
+            ("RATE_LIMIT_STREAM", self.rate_limit_stream),
+        ):
+            try:
+                parse_rate(value)
+            except ValueError as exc:
+                raise SettingsError(f"{name}={value!r}: {exc}") from None
+        import ipaddress
+
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"TRUSTED_PROXIES: {proxy!r} is not an IP address or network"
+                ) from None
 
     @property
     def api_keys(self) -> tuple[str, ...]:

@@ -30,4 +30,8 @@ HUB_EVENTS = Counter("tickhub_hub_events_total", "Live events published to the h
 QUEUE_BATCHES = Gauge(
     "tickhub_queue_batches", "Batches in the Redis ticks stream by state", ["state"]
 )  # state: pending | inFlight | completed | failed
+RATE_LIMITED = Counter("tickhub_rate_limited_total", "Requests refused by a rate limit", ["group"])
+RATE_LIMIT_SKIPPED = Counter(
+    "tickhub_rate_limit_skipped_total", "Requests let through unchecked (limiter unreachable)"
+)
 ACTOR_RESTARTS = Counter("tickhub_actor_restarts_total", "Actor restarts", ["actor"])

@@ -86,10 +86,28 @@ class StreamNames:
         return self.ticks + ":failed"
 
 
+# GCRA in one atomic step (see tickhub.ratelimit): the TAT of a key moves forward by one
+# interval per allowed request; floats go back as strings (Redis truncates Lua numbers).
+GCRA_SCRIPT = """
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < now then tat = now end
+local new_tat = tat + interval
+if now < new_tat - period then
+  return {0, tostring(new_tat), tostring(tat)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return {1, tostring(new_tat), tostring(tat)}
+"""
+
+
 @attrs.define
 class RedisLink:
     client: aioredis.Redis
     names: StreamNames
+    _gcra: Any = None
 
     async def _bridge(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
@@ -197,6 +215,17 @@ class RedisLink:
             }
 
         return await self._bridge(unit)
+
+    async def gcra(
+        self, key: str, now_ms: float, interval_ms: float, period_ms: float
+    ) -> tuple[bool, float, float]:
+        """One rate-limit step for `key`: (allowed, new TAT, TAT) in milliseconds."""
+        if self._gcra is None:
+            self._gcra = self.client.register_script(GCRA_SCRIPT)
+        allowed, new_tat, tat = await self._bridge(
+            self._gcra, [key], [repr(now_ms), repr(interval_ms), repr(period_ms)]
+        )
+        return bool(allowed), float(new_tat), float(tat)
 
     # --- the updates stream ---------------------------------------------------------------
 

@@ -31,7 +31,7 @@ async def test_openapi_describes_every_route(tickhub):
     assert expected <= documented
     assert not any(p == "/" or "<path" in p or "{relative}" in p for p in paths)  # no UI files
     ingest = paths["/api/v1/webhooks/ticks"]["post"]
-    assert ingest["security"] == [{"ApiKey": []}]
+    assert ingest["security"] == [{"ApiKey": []}, {"Bearer": []}]  # either one
     assert {"202", "401", "413", "415", "422", "503"} <= set(map(str, ingest["responses"]))
     assert "requestBody" in ingest
     stream = paths["/realtime/ticks"]["get"]["responses"]["200"]

@@ -166,6 +166,14 @@ async def _run_roles(
             future_tolerance=GATEWAY_ID_TOLERANCE if link else 0,
         )
     pipeline = await _start_pipeline(settings, supervisor, db, hub, link) if need.pipeline else None
+    if pipeline is not None and settings.retention_days > 0:
+        from tickhub.actors.retention import RetentionSweeper
+
+        await supervisor.start(
+            "retention",
+            lambda h: RetentionSweeper(db, settings.retention_days, h),
+            restart=True,
+        )
     stop_reading = trio.Event()  # graceful stop of the stream consumer, if one runs
     if link is not None:
         await _start_relays(settings, roles, supervisor, pipeline, hub, link, stop_reading)
@@ -173,8 +181,18 @@ async def _run_roles(
     ingest = None
     if "api" in roles:
         ingest = LocalIngest(pipeline) if pipeline is not None else StreamIngest(link)
+    from tickhub.ratelimit import MemoryLimiter, RedisLimiter
+
     svc = Services(
-        settings, supervisor, db, pipeline, hub, enabled_roles=roles, ingest=ingest, link=link
+        settings,
+        supervisor,
+        db,
+        pipeline,
+        hub,
+        enabled_roles=roles,
+        ingest=ingest,
+        link=link,
+        limiter=RedisLimiter(link) if link is not None else MemoryLimiter(),
     )
     app = create_app(svc)
     http_stop = trio.Event()
@@ -182,9 +200,7 @@ async def _run_roles(
 
     async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve_app(
-                app, settings.host, settings.default_port, http_stop, task_status=task_status
-            )
+            await serve_app(app, settings, http_stop, task_status=task_status)
         finally:
             http_done.set()
 

@@ -7,19 +7,22 @@ of it is stored (the writer commits a batch whole or not at all).
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Any
 
 import orjson
 import structlog
+import trio
 from quart import Blueprint, Response, request
 from quart_schema import document, security_scheme, tag
 
 from tickhub import metrics
 from tickhub.actors.ingest import IngestUnavailable
+from tickhub.http import auth
 from tickhub.http import openapi as doc
+from tickhub.http.auth import Caller
 from tickhub.http.errors import ApiError, unavailable
+from tickhub.http.limits import enforce
 from tickhub.http.services import services
 from tickhub.http.validation import BadRequest, Invalid, load_json, parse_symbols, parse_ticks
 from tickhub.sql.db import DatabaseUnavailable
@@ -37,17 +40,23 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, content_type="application/json")
 
 
-def check_api_key() -> None:
-    keys = services().settings.api_keys
-    given = request.headers.get("x-api-key", "")
-    if not given:
-        raise ApiError(401, "missing x-api-key header", headers={"WWW-Authenticate": "ApiKey"})
-    # Compare against every key, always, so timing says nothing about which one matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given.encode(), key.encode())
-    if not matched:
-        raise ApiError(401, "invalid API key", headers={"WWW-Authenticate": "ApiKey"})
+async def ingest_access() -> Caller:
+    """The webhook's caller: an API key or an `ingest` token, within its rate limit."""
+    svc = services()
+    caller = auth.require(svc.settings, auth.INGEST)
+    await enforce(svc, "webhooks", caller)
+    return caller
+
+
+async def read_access() -> Caller | None:
+    """Queries are open unless READ_AUTH=1; either way they count against the query limit."""
+    svc = services()
+    if svc.settings.read_auth:
+        caller = auth.require(svc.settings, auth.READ)
+    else:
+        caller = auth.authenticate(svc.settings)
+    await enforce(svc, "queries", caller)
+    return caller
 
 
 async def read_json_body() -> Any:
@@ -58,7 +67,13 @@ async def read_json_body() -> Any:
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         raise ApiError(413, f"body larger than {settings.max_body_bytes} bytes")
-    body = await request.get_data(cache=False)
+    # quart's own BODY_TIMEOUT relies on asyncio; under trio the deadline is ours.
+    with trio.move_on_after(settings.http_body_timeout_s) as slow:
+        body = await request.get_data(cache=False)
+    if slow.cancelled_caught:
+        raise ApiError(
+            408, "the request body did not arrive in time", headers={"Connection": "close"}
+        )
     if len(body) > settings.max_body_bytes:
         raise ApiError(413, f"body larger than {settings.max_body_bytes} bytes")
     try:
@@ -72,7 +87,7 @@ def make_blueprint(prefix: str) -> Blueprint:
 
     @bp.post("/webhooks/ticks")
     @tag(["ingest"])
-    @security_scheme([{"ApiKey": []}])
+    @security_scheme([{"ApiKey": []}, {"Bearer": []}])
     @document(
         request=doc.TicksIn,
         responses=_errors(doc.IngestAccepted, 202, 400, 401, 413, 415, 422, 503),
@@ -87,11 +102,11 @@ def make_blueprint(prefix: str) -> Blueprint:
 
     @bp.post("/webhooks/symbols")
     @tag(["ingest"])
-    @security_scheme([{"ApiKey": []}])
+    @security_scheme([{"ApiKey": []}, {"Bearer": []}])
     @document(request=doc.SymbolsIn, responses=_errors(doc.Upserted, 202, 400, 401, 415, 422))
     async def upsert_symbols() -> Response:
         """Create or update symbols (base, quote, active)."""
-        check_api_key()
+        await ingest_access()
         svc = services()
         doc = await read_json_body()
         try:
@@ -101,11 +116,26 @@ def make_blueprint(prefix: str) -> Blueprint:
         count = await _db(svc.queries.upsert_symbols(rows))
         return json_response({"upserted": count, "skipped": 0}, 202)
 
+    @bp.post("/auth/stream-token")
+    @tag(["auth"])
+    @security_scheme([{"ApiKey": []}, {"Bearer": []}])
+    @document(responses=_errors(doc.StreamToken, 200, 401, 403, 404, 429))
+    async def stream_token() -> Response:
+        """A short-lived token for `GET /realtime/ticks?token=` (EventSource sends no headers)."""
+        svc = services()
+        if not svc.settings.jwt_secret:
+            raise ApiError(404, "stream tokens are not enabled (JWT_SECRET)")
+        caller = auth.require(svc.settings, auth.READ)
+        await enforce(svc, "queries", caller)
+        token, expires = auth.issue_stream_token(svc.settings, caller)
+        return json_response({"token": token, "expiresAt": expires})
+
     @bp.get("/symbols")
     @tag(["queries"])
     @document(responses=_errors(doc.SymbolList, 200, 503))
     async def list_symbols() -> Response:
         """Active symbols, by symbol."""
+        await read_access()
         return json_response(await _db(services().queries.symbols()))
 
     @bp.get("/ticks/<symbol>")
@@ -113,6 +143,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     @document(responses=_errors(doc.Tick, 200, 404, 503))
     async def latest_tick(symbol: str) -> Response:
         """The latest tick of a symbol."""
+        await read_access()
         tick = await _db(services().queries.latest_tick(symbol.upper()))
         if tick is None:
             raise ApiError(404, f"no ticks for {symbol.upper()}")
@@ -126,6 +157,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     )
     async def history(symbol: str) -> Response:
         """Raw ticks (newest first) or candles with VWAP and SMA10 (`view=ohlc1m|ohlc`)."""
+        await read_access()
         queries = services().queries
         symbol = symbol.upper()
         args = request.args
@@ -151,6 +183,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     @document(querystring=doc.MetricsQuery, responses=_errors(doc.Metrics, 200, 400, 404, 503))
     async def symbol_metrics(symbol: str) -> Response:
         """Count, open, min, max, avg, VWAP, volume and last of the latest window with ticks."""
+        await read_access()
         window = request.args.get("window", "1m")
         if window not in WINDOWS:
             raise ApiError(400, f"window must be one of {', '.join(WINDOWS)}")
@@ -164,6 +197,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     @document(responses=_errors(doc.Stats, 200, 503))
     async def stats() -> Response:
         """Stored tick counts per source and the ingest queue."""
+        await read_access()
         svc = services()
         body = await _db(svc.queries.stats())
         body["queue"] = await _redis(svc.queue_stats())
@@ -178,7 +212,7 @@ def _errors(model: Any, status: int, *errors: int) -> dict[int, tuple[Any, None]
 
 
 async def _ingest_ticks() -> Response:
-    check_api_key()
+    caller = await ingest_access()
     svc = services()
     settings = svc.settings
     doc = await read_json_body()
@@ -197,7 +231,7 @@ async def _ingest_ticks() -> Response:
     try:
         result = await svc.ingest.ingest(batch)
     except IngestUnavailable as exc:
-        log.warning("batch not taken", items=batch.items, error=str(exc))
+        log.warning("batch not taken", items=batch.items, error=str(exc), caller=caller.subject)
         raise unavailable(str(exc)) from None
     metrics.INGEST_TICKS.labels("accepted").inc(result.accepted)
     metrics.INGEST_TICKS.labels("duplicate").inc(result.duplicates)

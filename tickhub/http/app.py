@@ -12,7 +12,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from tickhub.http import api, errors, openapi, ops, sse, ui
+from tickhub.http import api, errors, limits, openapi, ops, sse, ui
 from tickhub.http.services import Services
 
 ROLE_ROUTES = {
@@ -28,7 +28,7 @@ def create_app(svc: Services) -> QuartTrio:
     app.extensions["tickhub"] = svc
     settings = svc.settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.config["BODY_TIMEOUT"] = 30
+    app.config["BODY_TIMEOUT"] = settings.http_body_timeout_s
     errors.install(app)
     openapi.install(app)
     parts = {part for role in svc.enabled_roles for part in ROLE_ROUTES[role]}
@@ -44,6 +44,7 @@ def create_app(svc: Services) -> QuartTrio:
             ui.make_blueprint(settings.ui_api_base_url, settings.ui_realtime_url)
         )
     _install_cors(app, settings.cors_allow_origins, settings.allow_origins)
+    app.after_request(limits.add_headers)
     return app
 
 
@@ -72,25 +73,56 @@ def _install_cors(
         return response
 
 
-def hypercorn_config(host: str, port: int) -> Config:
+def hypercorn_config(host: str, port: int, idle_timeout_s: float) -> Config:
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 5
-    config.keep_alive_timeout = 75
-    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
+    # Idle and header-reading connections are closed after this: a slow-loris client that
+    # trickles its request head never holds a connection longer. (No read timeout: an SSE
+    # client sends nothing while it listens.)
+    config.keep_alive_timeout = idle_timeout_s
+    config.h11_max_incomplete_size = 16 * 1024  # request line + headers; beyond it: 431
     return config
+
+
+class FinishResponses:
+    """ASGI wrapper: the last message of a response is sent shielded from cancellation.
+
+    hypercorn closes a connection that must close (for instance after answering a request
+    whose body never arrived) from inside that send, in the request's task; quart-trio
+    cancels that task as soon as the client side ends, which interrupted the close half-way
+    and left the socket open for as long as a slow client liked. The send itself cannot hang:
+    hypercorn writes with its own shield and the close does not wait for the peer."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        async def send_last_shielded(message: dict) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, send_last_shielded if scope["type"] == "http" else send)
 
 
 async def serve_app(
     app: QuartTrio,
-    host: str,
-    port: int,
+    settings: Any,
     stop: trio.Event,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `stop` is set; report the bound port(s) to the starter."""
-    config = hypercorn_config(host, port)
-    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+    config = hypercorn_config(settings.host, settings.default_port, settings.http_idle_timeout_s)
+    await serve(
+        FinishResponses(app),
+        config,
+        shutdown_trigger=stop.wait,
+        task_status=task_status,
+        mode="asgi",
+    )

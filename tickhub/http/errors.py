@@ -20,13 +20,18 @@ CODES = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "PAYLOAD_TOO_LARGE",
+    408: "BAD_REQUEST",
     415: "UNSUPPORTED_MEDIA_TYPE",
+    431: "BAD_REQUEST",
     422: "VALIDATION_ERROR",
     429: "RATE_LIMITED",
     500: "INTERNAL_ERROR",
     503: "UNAVAILABLE",
 }
 RETRY_AFTER_S = 1
+# Request line and headers together; beyond it: 431 (hypercorn only limits a head that
+# arrives in pieces).
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class ApiError(Exception):
@@ -70,6 +75,12 @@ def _json(payload: Any, status: int) -> Response:
 
 def install(app: Quart) -> None:
     """Request ids on every response, and the envelope for every error."""
+
+    @app.before_request
+    async def limit_header_size() -> None:
+        size = sum(len(k) + len(v) + 4 for k, v in request.headers.items())
+        if size > MAX_HEADER_BYTES:
+            raise ApiError(431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
 
     @app.before_request
     async def assign_request_id() -> None:

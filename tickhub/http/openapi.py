@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, RootModel
 from quart_schema import QuartSchema
-from quart_schema.openapi import APIKeySecurityScheme, OpenAPIProvider
+from quart_schema.openapi import APIKeySecurityScheme, HttpSecurityScheme, OpenAPIProvider
 
 from tickhub import __version__
 
@@ -175,10 +175,16 @@ class Error(BaseModel):
     error: ErrorDetail
 
 
+class StreamToken(BaseModel):
+    token: str = Field(description="pass as `token=` to /realtime/ticks")
+    expiresAt: int = Field(description="epoch seconds")
+
+
 class StreamQuery(BaseModel):
     symbol: str | None = None
     symbols: str | None = Field(default=None, description="comma-separated")
     lastEventId: str | None = Field(default=None, description="resume after this event id")
+    token: str | None = Field(default=None, description="a stream token (READ_AUTH=1)")
 
 
 STREAM_DESCRIPTION = """\
@@ -209,7 +215,10 @@ def install(app: Any) -> None:
         redoc_ui_path=None,
         scalar_ui_path=None,
         info={"title": "tickhub", "version": __version__},
-        security_schemes={"ApiKey": APIKeySecurityScheme(name="x-api-key", in_="header")},
+        security_schemes={
+            "ApiKey": APIKeySecurityScheme(name="x-api-key", in_="header"),
+            "Bearer": HttpSecurityScheme(scheme="bearer", bearer_format="JWT"),
+        },
         openapi_provider_class=_Provider,
         conversion_preference="pydantic",
     )

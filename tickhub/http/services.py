@@ -13,6 +13,7 @@ from tickhub.actors.hub import Hub
 from tickhub.actors.pipeline import Pipeline
 from tickhub.actors.supervisor import Supervisor
 from tickhub.config import Settings
+from tickhub.ratelimit import MemoryLimiter
 from tickhub.sql.db import Database
 from tickhub.sql.queries import Queries
 
@@ -28,6 +29,8 @@ class Services:
     enabled_roles: tuple[str, ...] = ("api", "gateway", "consumer")
     ingest: Any = None  # LocalIngest or StreamIngest (api role)
     link: Any = None  # the Redis link, when roles run in separate processes
+    limiter: Any = attrs.field(factory=MemoryLimiter)  # RedisLimiter when linked
+    streams: dict[str, int] = attrs.field(factory=dict)  # open SSE connections per client
     queries: Queries | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:

@@ -13,8 +13,10 @@ from quart import Blueprint, Response, request
 from quart_schema import document, tag
 
 from tickhub.actors.hub import hello_frame
+from tickhub.http import auth
 from tickhub.http import openapi as doc
 from tickhub.http.errors import ApiError
+from tickhub.http.limits import client_id, enforce
 from tickhub.http.services import services
 from tickhub.http.validation import SYMBOL
 
@@ -45,12 +47,29 @@ def make_blueprint() -> Blueprint:
 
     @bp.get("/realtime/ticks")
     @tag(["stream"])
-    @document(querystring=doc.StreamQuery, responses={400: (doc.Error, None)})
+    @document(
+        querystring=doc.StreamQuery,
+        responses={code: (doc.Error, None) for code in (400, 401, 403, 429)},
+    )
     async def stream() -> Response:
         """Live ticks with their 1-minute candle and SMA10 (Server-Sent Events)."""
         svc = services()
+        settings = svc.settings
+        if settings.read_auth:
+            caller = auth.require(settings, auth.STREAM, allow_query_token=True)
+        else:
+            caller = auth.authenticate(settings, allow_query_token=True)
+        await enforce(svc, "stream", caller)
         hub = svc.hub
         symbols = _symbols()
+        client = client_id(svc, caller)
+        if hub.clients >= settings.sse_max_clients:
+            raise ApiError(429, "too many stream connections", headers={"Retry-After": "5"})
+        if svc.streams.get(client, 0) >= settings.sse_max_per_client:
+            raise ApiError(
+                429, "too many stream connections from this client", headers={"Retry-After": "5"}
+            )
+        svc.streams[client] = svc.streams.get(client, 0) + 1
         subscriber = hub.subscribe(symbols, _last_event_id())
         keepalive_s = svc.settings.sse_keepalive_ms / 1000
         hello = hello_frame(int(time.time() * 1000), symbols)
@@ -61,6 +80,9 @@ def make_blueprint() -> Blueprint:
                     yield chunk
             finally:
                 hub.unsubscribe(subscriber)
+                svc.streams[client] -= 1
+                if not svc.streams[client]:
+                    del svc.streams[client]
 
         response = Response(body(), content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"

@@ -1,0 +1,121 @@
+"""Faults with real servers: a crash loop ends the process (non-zero, for the platform to
+restart) instead of spinning; SIGTERM during a burst drains and loses nothing acknowledged;
+a full pipeline pushes back with 503 and stores nothing of what it refused; retention
+deletes old ticks and keeps the candles."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import trio
+
+from tests.conftest import API_KEY, make_settings, start_tickhub
+from tests.consistency import differences
+from tests.integration.test_pipeline import ticks
+from tickhub.actors.retention import RetentionSweeper
+from tickhub.actors.supervisor import ActorHealth
+
+
+def test_a_crash_loop_ends_the_process_with_a_failure(spawn, tmp_path):
+    _, api = spawn("run", "--role", "all")
+    # A feeder with a key the api refuses fails at once, every time it is restarted.
+    proc, _ = spawn(
+        "run",
+        "--role",
+        "feeder",
+        wait=False,
+        ORCHESTRATOR_BASE_URL=api + "/api/v1",
+        ORCHESTRATOR_API_KEY="not-the-key",
+        RESTART_MAX="2",
+        RESTART_WINDOW_S="60",
+    )
+    assert proc.wait(timeout=30) != 0
+    log = "".join(p.read_text() for p in tmp_path.glob("tickhub-*.log"))
+    assert "actor failed" in log and "feeder" in log
+
+
+def test_sigterm_during_a_burst_loses_nothing_acknowledged(spawn, db_sync):
+    proc, url = spawn("run", "--role", "all")
+    acked: set[str] = set()
+    lock = threading.Lock()
+
+    def poster(k: int) -> None:
+        with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=10) as client:
+            for n in range(10_000):
+                items = [
+                    {
+                        "symbol": f"T{k}",
+                        "price": 100 + i % 5,
+                        "ts": time.time() - 5,
+                        "volume": 1,
+                        "idempotencyKey": f"{k}-{n}-{i}",
+                    }
+                    for i in range(100)
+                ]
+                try:
+                    response = client.post("/api/v1/webhooks/ticks", json={"items": items})
+                except httpx.HTTPError:
+                    return  # the server stopped taking requests
+                if response.status_code == 202:
+                    with lock:
+                        acked.update(item["idempotencyKey"] for item in items)
+
+    threads = [threading.Thread(target=poster, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    for t in threads:
+        t.join(15)
+    stored = set(db_sync("SELECT idem_key FROM ticks_history"))
+    assert len(acked) > 1000 and acked <= stored
+    assert db_sync.differences() == []
+
+
+async def test_a_full_pipeline_refuses_with_503_and_stores_nothing_of_it(db, pg_url, nursery):
+    # Room for one batch, little patience: while a batch is pending the next must wait.
+    settings = make_settings(pg_url, ingest_max_pending=100, ingest_timeout_ms=50)
+    server = await start_tickhub(nursery, settings)
+    results: list[tuple[int, list]] = []
+
+    async def post(k: int) -> None:
+        items = ticks(f"Q{k}", 100, start=int(time.time()) - 100, seed=k)
+        response = await server.post_ticks(items)
+        results.append((response.status_code, items))
+        if response.status_code == 503:
+            assert response.headers["Retry-After"]
+
+    async with trio.open_nursery() as posters:
+        for k in range(30):  # far more than fit in the gate within 50 ms
+            posters.start_soon(post, k)
+    codes = sorted(code for code, _ in results)
+    assert 202 in codes and 503 in codes
+    stored = {r[0] for r in await db.fetch("SELECT DISTINCT symbol FROM ticks_history")}
+    refused = {items[0]["symbol"] for code, items in results if code == 503}
+    accepted = {items[0]["symbol"] for code, items in results if code == 202}
+    assert stored == accepted and not (stored & refused)
+    assert await differences(db) == []
+    await server.shutdown()
+
+
+async def test_retention_deletes_old_ticks_and_keeps_candles(tickhub, db):
+    await tickhub.post_ticks(ticks("OLD", 20, start=int(time.time()) - 3600))
+    await tickhub.post_ticks(ticks("NEW", 20, start=int(time.time()) - 60))
+    await db.execute(
+        "UPDATE ticks_history SET received_at = now() - interval '10 days' WHERE symbol = 'OLD'"
+    )
+    await db.execute(
+        "UPDATE ticks_raw SET received_at = now() - interval '10 days' WHERE symbol = 'OLD'"
+    )
+    candles = await db.fetch("SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start")
+    sweeper = RetentionSweeper(db, 7, ActorHealth("retention", True), batch=7, pause_s=0)
+    deleted = await sweeper.sweep()
+    assert deleted == {"ticks_raw": 20, "ticks_history": 20}  # in batches of 7
+    left = await db.fetch("SELECT DISTINCT symbol FROM ticks_history")
+    assert [r[0] for r in left] == ["NEW"]
+    assert await db.fetch("SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start") == candles
+    assert await sweeper.sweep() == {"ticks_raw": 0, "ticks_history": 0}

@@ -1,0 +1,113 @@
+"""Rate limits by GCRA (the generic cell rate algorithm): per client and route group, a
+"theoretical arrival time" (TAT) that each allowed request pushes forward by one emission
+interval; a request is refused while the TAT is more than a whole period ahead. One number
+per client, no timers, bursts up to the limit.
+
+`MemoryLimiter` keeps the TATs in this process (one process: `all`); `RedisLimiter` keeps
+them in Redis (one atomic script call per request) so every api instance shares the limit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|m|h)\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
+# Entries kept in memory before expired ones are swept (bounded memory under many clients).
+MEMORY_SWEEP_AT = 100_000
+
+
+@attrs.frozen
+class Rate:
+    count: int
+    period_s: float
+
+    @property
+    def interval_s(self) -> float:
+        return self.period_s / self.count
+
+
+def parse_rate(text: str) -> Rate | None:
+    """`"200/s"`, `"60/m"`, `"1000/10m"`; `"0"` means no limit (None)."""
+    if text.strip() in ("0", "off", ""):
+        return None
+    match = _RATE.match(text)
+    if not match or int(match[1]) < 1:
+        raise ValueError('expected a rate like "200/s", "60/m" or "0" for none')
+    return Rate(int(match[1]), int(match[2] or 1) * _UNIT_S[match[3]])
+
+
+@attrs.frozen
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: float  # until the limit is whole again
+    retry_after_s: float  # 0 when allowed
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(math.ceil(self.reset_s)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return headers
+
+
+def gcra(tat: float | None, now: float, rate: Rate) -> tuple[Decision, float | None]:
+    """The decision for a request at `now`, and the new TAT (None: unchanged)."""
+    tat = now if tat is None or tat < now else tat
+    new_tat = tat + rate.interval_s
+    allow_at = new_tat - rate.period_s
+    if now < allow_at:
+        return Decision(False, rate.count, 0, tat - now, allow_at - now), None
+    remaining = int((rate.period_s - (new_tat - now)) / rate.interval_s + 1e-9)
+    return Decision(True, rate.count, remaining, new_tat - now, 0.0), new_tat
+
+
+class Limiter(Protocol):
+    async def check(self, group: str, client: str, rate: Rate) -> Decision: ...
+
+
+@attrs.define
+class MemoryLimiter:
+    clock: Callable[[], float] = time.monotonic
+    _tats: dict[tuple[str, str], float] = attrs.field(factory=dict)
+
+    async def check(self, group: str, client: str, rate: Rate) -> Decision:
+        now = self.clock()
+        key = (group, client)
+        decision, new_tat = gcra(self._tats.get(key), now, rate)
+        if new_tat is not None:
+            self._tats[key] = new_tat
+            if len(self._tats) > MEMORY_SWEEP_AT:
+                self._tats = {k: t for k, t in self._tats.items() if t > now}
+        return decision
+
+
+@attrs.define
+class RedisLimiter:
+    """The same rule in Redis; `link.gcra` runs it atomically (streams.RedisLink)."""
+
+    link: Any
+    prefix: str = "ratelimit"
+
+    async def check(self, group: str, client: str, rate: Rate) -> Decision:
+        now_ms = time.time() * 1000
+        allowed, new_tat_ms, tat_ms = await self.link.gcra(
+            f"{self.prefix}:{group}:{client}", now_ms, rate.interval_s * 1000, rate.period_s * 1000
+        )
+        period_ms = rate.period_s * 1000
+        if not allowed:
+            retry_ms = new_tat_ms - period_ms - now_ms
+            return Decision(False, rate.count, 0, (tat_ms - now_ms) / 1000, retry_ms / 1000)
+        remaining = int((period_ms - (new_tat_ms - now_ms)) / (rate.interval_s * 1000) + 1e-9)
+        return Decision(True, rate.count, remaining, (new_tat_ms - now_ms) / 1000, 0.0)
