@@ -218,3 +218,13 @@ async def test_postgres_down_entries_wait_in_the_stream(split, db, pg):
     await trio.sleep(1.5)
     assert await db.fetchval("SELECT count(*) FROM ticks_history") == 50
     assert await differences(db) == []
+
+
+async def test_rate_limits_are_shared_by_api_processes(split, db):
+    _, first = await split("api", RATE_LIMIT_QUERIES="4/m")
+    _, second = await split("api", RATE_LIMIT_QUERIES="4/m")
+    codes = []
+    async with httpx.AsyncClient() as client:
+        for url in (first, second, first, second, first, second):
+            codes.append((await client.get(url + "/api/v1/symbols")).status_code)
+    assert codes == [200, 200, 200, 200, 429, 429]  # one budget for this client, not two

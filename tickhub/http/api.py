@@ -236,6 +236,7 @@ async def _ingest_ticks() -> Response:
     metrics.INGEST_TICKS.labels("accepted").inc(result.accepted)
     metrics.INGEST_TICKS.labels("duplicate").inc(result.duplicates)
     metrics.INGEST_REQUESTS.labels("202").inc()
+    log.debug("batch accepted", caller=caller.subject, items=batch.items, new=result.accepted)
     return json_response(
         {
             "accepted": result.accepted,

@@ -21,6 +21,7 @@ import time
 
 import attrs
 import jwt
+import structlog
 from quart import request
 
 from tickhub.config import Settings
@@ -33,6 +34,8 @@ STREAM = "stream"
 # Which token roles each kind of route accepts (an API key is accepted everywhere).
 ACCEPTS = {INGEST: {INGEST, ADMIN}, READ: {READ, ADMIN}, STREAM: {READ, ADMIN, STREAM}}
 CHALLENGE = 'Bearer realm="tickhub", ApiKey header="x-api-key"'
+
+log = structlog.get_logger(actor="auth")
 
 
 @attrs.frozen
@@ -87,6 +90,7 @@ def authenticate(settings: Settings, *, allow_query_token: bool = False) -> Call
     if given:
         key = _match_key(given, settings.api_keys)
         if key is None:
+            log.warning("invalid API key", key_id=key_id(given), path=request.path)
             raise _unauthorized("invalid API key")
         return Caller(key_id(key), ADMIN)
     header = request.headers.get("Authorization", "")
