@@ -78,6 +78,13 @@ def parse_ts(value: Any, now_us: int, max_skew_us: int) -> int | str:
     return ts_us
 
 
+SYMBOL_RULE = "expected 1-32 characters of A-Z 0-9 . _ : / -"
+
+
+def _problem(index: int | None, field: str, message: str) -> dict[str, Any]:
+    return {"index": index, "field": field, "message": message}
+
+
 def normal_symbol(value: Any) -> str | None:
     """The upper-cased symbol, or None when it is not one. ASCII is checked first: Unicode
     upper-casing would fold e.g. U+017F (long s) into "S" and smuggle other letters in."""
@@ -97,29 +104,21 @@ def parse_ticks(
 ) -> TickBatch:
     """Validate a decoded webhook body into per-symbol columns; raise Invalid."""
     if not isinstance(doc, dict):
-        raise Invalid([{"index": None, "field": "body", "message": "expected a JSON object"}])
+        raise Invalid([_problem(None, "body", "expected a JSON object")])
     source = doc.get("source", DEFAULT_SOURCE)
     problems: list[dict[str, Any]] = []
     if not isinstance(source, str) or not SOURCE.fullmatch(source):
         problems.append(
-            {
-                "index": None,
-                "field": "source",
-                "message": "expected 1-64 characters of A-Z a-z 0-9 . _ : / -",
-            }
+            _problem(None, "source", "expected 1-64 characters of A-Z a-z 0-9 . _ : / -")
         )
         source = DEFAULT_SOURCE
     items = doc.get("items")
     if not isinstance(items, list):
-        problems.append({"index": None, "field": "items", "message": "expected a list of ticks"})
+        problems.append(_problem(None, "items", "expected a list of ticks"))
         raise Invalid(problems)
     if not 1 <= len(items) <= max_items:
         problems.append(
-            {
-                "index": None,
-                "field": "items",
-                "message": f"expected 1 to {max_items} items, got {len(items)}",
-            }
+            _problem(None, "items", f"expected 1 to {max_items} items, got {len(items)}")
         )
         raise Invalid(problems)
 
@@ -127,49 +126,31 @@ def parse_ticks(
     columns: dict[str, tuple[list, list, list, list]] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            problems.append({"index": index, "field": "item", "message": "expected an object"})
+            problems.append(_problem(index, "item", "expected an object"))
             continue
         bad = len(problems)
         symbol = normal_symbol(item.get("symbol"))
         if symbol is None:
-            problems.append(
-                {
-                    "index": index,
-                    "field": "symbol",
-                    "message": "expected 1-32 characters of A-Z 0-9 . _ : / -",
-                }
-            )
+            problems.append(_problem(index, "symbol", SYMBOL_RULE))
         price = _number(item.get("price"))
         if price is None or not math.isfinite(price) or price <= 0:
-            problems.append(
-                {"index": index, "field": "price", "message": "expected a finite number above 0"}
-            )
+            problems.append(_problem(index, "price", "expected a finite number above 0"))
         volume = _number(item.get("volume", 0))
         if volume is None or not math.isfinite(volume) or volume < 0:
-            problems.append(
-                {
-                    "index": index,
-                    "field": "volume",
-                    "message": "expected a finite number of at least 0",
-                }
-            )
+            problems.append(_problem(index, "volume", "expected a finite number of at least 0"))
         if "ts" not in item:
-            problems.append({"index": index, "field": "ts", "message": "required"})
+            problems.append(_problem(index, "ts", "required"))
             ts_us: int | str = 0
         else:
             ts_us = parse_ts(item["ts"], now_us, max_skew_us)
             if isinstance(ts_us, str):
-                problems.append({"index": index, "field": "ts", "message": ts_us})
+                problems.append(_problem(index, "ts", ts_us))
         key = item.get("idempotencyKey")
         if key is not None and (
             not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LEN or not key.isprintable()
         ):
             problems.append(
-                {
-                    "index": index,
-                    "field": "idempotencyKey",
-                    "message": f"expected 1-{MAX_KEY_LEN} printable characters",
-                }
+                _problem(index, "idempotencyKey", f"expected 1-{MAX_KEY_LEN} printable characters")
             )
         if len(problems) > bad:
             continue
@@ -203,47 +184,31 @@ class SymbolRow:
 def parse_symbols(doc: Any, *, max_items: int) -> list[SymbolRow]:
     """Validate a `POST /webhooks/symbols` body; raise Invalid."""
     if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
-        raise Invalid([{"index": None, "field": "items", "message": "expected a list of symbols"}])
+        raise Invalid([_problem(None, "items", "expected a list of symbols")])
     items = doc["items"]
     if not 1 <= len(items) <= max_items:
         raise Invalid(
-            [
-                {
-                    "index": None,
-                    "field": "items",
-                    "message": f"expected 1 to {max_items} items, got {len(items)}",
-                }
-            ]
+            [_problem(None, "items", f"expected 1 to {max_items} items, got {len(items)}")]
         )
     problems: list[dict[str, Any]] = []
     rows = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            problems.append({"index": index, "field": "item", "message": "expected an object"})
+            problems.append(_problem(index, "item", "expected an object"))
             continue
         symbol = normal_symbol(item.get("symbol"))
         if symbol is None:
-            problems.append(
-                {
-                    "index": index,
-                    "field": "symbol",
-                    "message": "expected 1-32 characters of A-Z 0-9 . _ : / -",
-                }
-            )
+            problems.append(_problem(index, "symbol", SYMBOL_RULE))
             continue
         fields = {}
         for name in ("base", "quote"):
             value = item.get(name, "")
             if not isinstance(value, str) or len(value) > 32 or not value.isprintable():
-                problems.append(
-                    {"index": index, "field": name, "message": "expected up to 32 characters"}
-                )
+                problems.append(_problem(index, name, "expected up to 32 characters"))
             fields[name] = value if isinstance(value, str) else ""
         active = item.get("active", True)
         if not isinstance(active, bool):
-            problems.append(
-                {"index": index, "field": "active", "message": "expected true or false"}
-            )
+            problems.append(_problem(index, "active", "expected true or false"))
             active = True
         rows.append(SymbolRow(symbol, fields["base"].upper(), fields["quote"].upper(), active))
     if problems:
