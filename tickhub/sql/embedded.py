@@ -43,6 +43,23 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
 
 
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return pid > 0 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,15 +118,22 @@ class EmbeddedPostgres:
         assert entry == pwd.getpwnam(SYSTEM_USER)
 
     def _running_port(self) -> int | None:
-        """The port of a server already running on our data directory, if any."""
+        """The port of a server already running on our data directory, if any. A pid file
+        whose server is gone (dead, or a zombie nobody reaped, which `pg_ctl status` and
+        postgres itself still take for alive) is stale: it is removed."""
         pid_file = self.data_dir / "postmaster.pid"
         if not pid_file.exists():
             return None
-        status = self._run("pg_ctl", "status", "-D", str(self.data_dir), check=False)
-        if status.returncode != 0:
-            return None  # stale pid file: pg_ctl start replaces it
         lines = pid_file.read_text().splitlines()
-        return int(lines[3]) if len(lines) > 3 else None
+        try:
+            pid, port = int(lines[0]), int(lines[3])
+        except (IndexError, ValueError):
+            pid, port = 0, 0
+        if _alive(pid) and _accepts(port):
+            return port
+        log.info("removing stale postmaster.pid", pid=pid)
+        pid_file.unlink(missing_ok=True)
+        return None
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
