@@ -121,6 +121,11 @@ def run_split(database_url: str, redis_url: str, api_key: str, echo: Callable[[s
         "ALLOW_ORIGINS": "http://127.0.0.1:3030,http://localhost:3030",
     }
     procs: list[tuple[str, int, subprocess.Popen]] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the whole set like Ctrl-C
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         for role, port, extra in SPLIT:
             proc = subprocess.Popen(
