@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,15 @@ class EmbeddedPostgres:
                 f"-h 127.0.0.1 -p {self.port} -k '' -c fsync={'on' if self.fsync else 'off'}"
                 " -c max_connections=200"
             )
+            self._start_server(options)
+        self._ensure_database()
+        return self.url
+
+    def _start_server(self, options: str) -> None:
+        # After a killed server its children may hold the shared memory for a moment
+        # ("pre-existing shared memory block is still in use"): retry for a few seconds.
+        deadline = time.monotonic() + 10
+        while True:
             result = self._run(
                 "pg_ctl",
                 "start",
@@ -175,13 +185,14 @@ class EmbeddedPostgres:
                 options,
                 check=False,
             )
-            if result.returncode != 0:
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
                 tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
                 raise EmbeddedPostgresError(
                     f"embedded postgres did not start: {result.stdout}\n{tail}"
                 )
-        self._ensure_database()
-        return self.url
+            time.sleep(0.5)
 
     def _ensure_database(self) -> None:
         base = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
