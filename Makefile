@@ -51,7 +51,15 @@ bench: $(VENV)/.dev ui
 	$(BIN)/python -m bench.ingest --size 50 --batches 200
 	$(BIN)/python -m bench.ingest --mode split --consumers 1
 	$(BIN)/python -m bench.ingest --mode split --consumers 2
-	@cat bench/results/results.md
+	$(BIN)/python -m bench.flush_sql --what-if
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.profile
+	@cat bench/results/results.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md
+
+# Ten minutes of ingest and SSE clients coming and going; RSS and fds over time.
+soak: $(VENV)/.dev
+	$(BIN)/python -m bench.soak --minutes $(or $(MINUTES),10) --clients $(or $(CLIENTS),1000)
 
 clean:
 	rm -rf $(VENV) tickhub/ui/node_modules tickhub/ui/vendor .pytest_cache

@@ -28,6 +28,7 @@ import attrs
 import httpx
 import trio
 
+from bench.common import UNLIMITED
 from tickhub.actors.messages import TickColumns
 from tickhub.actors.roles import run_process
 from tickhub.config import load_settings
@@ -128,6 +129,7 @@ async def split(url: str, tmp: str, args: argparse.Namespace) -> tuple[int, floa
         "API_KEY": "bench",
         "HOST": "127.0.0.1",
         "LOG_LEVEL": "warning",
+        **UNLIMITED,  # the posters all come from 127.0.0.1: measure the pipeline, not limits
     }
     procs = []
     try:
@@ -166,7 +168,13 @@ async def main(args: argparse.Namespace) -> dict:
                 return result(args, acked, elapsed, db_elapsed)
             settings = attrs.evolve(
                 load_settings(
-                    {"HOST": "127.0.0.1", "PORT": "0", "API_KEY": "bench", "LOG_LEVEL": "warning"}
+                    {
+                        "HOST": "127.0.0.1",
+                        "PORT": "0",
+                        "API_KEY": "bench",
+                        "LOG_LEVEL": "warning",
+                        **UNLIMITED,
+                    }
                 ),
                 database_url=url,
                 roles=("all",),

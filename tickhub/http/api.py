@@ -24,7 +24,14 @@ from tickhub.http.auth import Caller
 from tickhub.http.errors import ApiError, unavailable
 from tickhub.http.limits import enforce
 from tickhub.http.services import services
-from tickhub.http.validation import BadRequest, Invalid, load_json, parse_symbols, parse_ticks
+from tickhub.http.validation import (
+    BadRequest,
+    Invalid,
+    load_json,
+    normal_symbol,
+    parse_symbols,
+    parse_ticks,
+)
 from tickhub.sql.db import DatabaseUnavailable
 from tickhub.sql.queries import INTERVALS, WINDOWS
 from tickhub.streams import RedisUnavailable
@@ -34,6 +41,14 @@ log = structlog.get_logger(actor="api")
 CANDLE_VIEWS = {"ohlc1m", "ohlc"}
 HISTORY_LIMIT_MAX = 2000
 CANDLE_LIMIT_MAX = 2000
+
+
+def path_symbol(raw: str) -> str:
+    """The symbol of a path; one that cannot exist (bad characters, NUL) is a 404 at once."""
+    symbol = normal_symbol(raw)
+    if symbol is None:
+        raise ApiError(404, "no such symbol")
+    return symbol
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -90,7 +105,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     @security_scheme([{"ApiKey": []}, {"Bearer": []}])
     @document(
         request=doc.TicksIn,
-        responses=_errors(doc.IngestAccepted, 202, 400, 401, 413, 415, 422, 503),
+        responses=_errors(doc.IngestAccepted, 202, 400, 401, 403, 413, 415, 429, 422, 503),
     )
     async def ingest_ticks() -> Response:
         """Ingest a batch of ticks; 202 once the whole batch is committed."""
@@ -103,7 +118,9 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.post("/webhooks/symbols")
     @tag(["ingest"])
     @security_scheme([{"ApiKey": []}, {"Bearer": []}])
-    @document(request=doc.SymbolsIn, responses=_errors(doc.Upserted, 202, 400, 401, 415, 422))
+    @document(
+        request=doc.SymbolsIn, responses=_errors(doc.Upserted, 202, 400, 401, 403, 415, 422, 429)
+    )
     async def upsert_symbols() -> Response:
         """Create or update symbols (base, quote, active)."""
         await ingest_access()
@@ -132,7 +149,7 @@ def make_blueprint(prefix: str) -> Blueprint:
 
     @bp.get("/symbols")
     @tag(["queries"])
-    @document(responses=_errors(doc.SymbolList, 200, 503))
+    @document(responses=_errors(doc.SymbolList, 200, 401, 403, 429, 503))
     async def list_symbols() -> Response:
         """Active symbols, by symbol."""
         await read_access()
@@ -140,26 +157,27 @@ def make_blueprint(prefix: str) -> Blueprint:
 
     @bp.get("/ticks/<symbol>")
     @tag(["queries"])
-    @document(responses=_errors(doc.Tick, 200, 404, 503))
+    @document(responses=_errors(doc.Tick, 200, 401, 403, 404, 429, 503))
     async def latest_tick(symbol: str) -> Response:
         """The latest tick of a symbol."""
         await read_access()
-        tick = await _db(services().queries.latest_tick(symbol.upper()))
+        symbol = path_symbol(symbol)
+        tick = await _db(services().queries.latest_tick(symbol))
         if tick is None:
-            raise ApiError(404, f"no ticks for {symbol.upper()}")
+            raise ApiError(404, f"no ticks for {symbol}")
         return json_response(tick)
 
     @bp.get("/ticks/<symbol>/history")
     @tag(["queries"])
     @document(
         querystring=doc.HistoryQuery,
-        responses=_errors(doc.HistoryPage, 200, 400, 503),
+        responses=_errors(doc.HistoryPage, 200, 400, 401, 403, 404, 429, 503),
     )
     async def history(symbol: str) -> Response:
         """Raw ticks (newest first) or candles with VWAP and SMA10 (`view=ohlc1m|ohlc`)."""
         await read_access()
         queries = services().queries
-        symbol = symbol.upper()
+        symbol = path_symbol(symbol)
         args = request.args
         view = args.get("view")
         if args.get("agg") == "1m" or args.get("shape") == "candle":
@@ -180,21 +198,25 @@ def make_blueprint(prefix: str) -> Blueprint:
 
     @bp.get("/metrics/<symbol>")
     @tag(["queries"])
-    @document(querystring=doc.MetricsQuery, responses=_errors(doc.Metrics, 200, 400, 404, 503))
+    @document(
+        querystring=doc.MetricsQuery,
+        responses=_errors(doc.Metrics, 200, 400, 401, 403, 404, 429, 503),
+    )
     async def symbol_metrics(symbol: str) -> Response:
         """Count, open, min, max, avg, VWAP, volume and last of the latest window with ticks."""
         await read_access()
         window = request.args.get("window", "1m")
         if window not in WINDOWS:
             raise ApiError(400, f"window must be one of {', '.join(WINDOWS)}")
-        result = await _db(services().queries.metrics(symbol.upper(), WINDOWS[window]))
+        symbol = path_symbol(symbol)
+        result = await _db(services().queries.metrics(symbol, WINDOWS[window]))
         if result is None:
-            raise ApiError(404, f"no ticks for {symbol.upper()}")
+            raise ApiError(404, f"no ticks for {symbol}")
         return json_response(result)
 
     @bp.get("/stats")
     @tag(["queries"])
-    @document(responses=_errors(doc.Stats, 200, 503))
+    @document(responses=_errors(doc.Stats, 200, 401, 403, 429, 503))
     async def stats() -> Response:
         """Stored tick counts per source and the ingest queue."""
         await read_access()

@@ -204,6 +204,12 @@ class _Provider(OpenAPIProvider):
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             }
             stream["description"] = STREAM_DESCRIPTION
+        metrics_route = document["paths"].get("/ops/metrics", {}).get("get")
+        if metrics_route is not None:
+            metrics_route["responses"][200] = {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
         return document
 
 

@@ -51,7 +51,10 @@ def load_json(body: bytes) -> Any:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range
+        return None
 
 
 def parse_ts(value: Any, now_us: int, max_skew_us: int) -> int | str:
@@ -69,6 +72,8 @@ def parse_ts(value: Any, now_us: int, max_skew_us: int) -> int | str:
         number = _number(value)
         if number is None or not math.isfinite(number):
             return "expected a number or an ISO-8601 string"
+        if not -1e15 < number < 1e15:  # beyond any ms time; and keeps the product finite
+            return "out of range"
         # A number above 1e11 is epoch milliseconds (1e11 s is the year 5138).
         ts_us = round(number * 1_000) if number > MS_THRESHOLD else round(number * 1_000_000)
     if ts_us < MIN_TS_US:

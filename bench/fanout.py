@@ -1,0 +1,261 @@
+"""SSE fan-out per gateway process: concurrent clients, delivered events/s, delivery ratio,
+and the number of clients at which p99 latency passes 100 ms.
+
+tickhub runs as its own processes: `--mode all` (default: one process, `run --role all`,
+which is api + consumer + gateway; at the bench's tick rates the api and consumer work is
+small beside the fan-out) or `--mode split` (api, consumer and `--gateways` gateway
+processes over an embedded Redis; clients are spread evenly over the gateways). Embedded
+PostgreSQL, fsync off.
+
+Steps through `--clients` (default 100, 500, 1,000, 2,000, 5,000, 10,000): connect that many
+subscribers (raw sockets on one epoll loop in a separate process; each source address
+127.0.0.N takes at most `--per-addr` of them, so the ephemeral port range never runs out),
+post `--rate` ticks/s in batches of `--batch` for `--seconds`, wait for the stragglers, and
+measure: delivered events/s (what the subscribers received ÷ the measured window), the
+delivery ratio (delivered ÷ ticks acked * clients) and p50/p99/max webhook → event latency
+over every (client, event). Stops after the step whose p99 passes `--p99-limit-ms`, whose
+delivery ratio falls below 0.99, or where the machine or a gateway saturates (≥ 0.95 of
+the machine, or ≥ 0.95 of a core for a gateway process).
+
+Prints one JSON line and appends a row per step to bench/results/fanout.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import trio
+
+from bench.common import (
+    RESULTS_DIR,
+    CpuMeter,
+    SseClients,
+    Stack,
+    append_row,
+    background_busy,
+    bare_floor,
+    drain,
+    latency_summary,
+    now_stamp,
+    port_range,
+    post_paced,
+    raise_fd_limit,
+    scrape,
+    server_side,
+    wait_clients_gone,
+)
+
+RESULTS = RESULTS_DIR / "fanout.md"
+COLUMNS = [
+    "date", "mode", "gateways", "clients", "clients/gateway", "ticks/s", "batch",
+    "delivered ev/s", "ev/s per gateway", "delivery", "p50 ms", "p99 ms", "max ms", "spread p99 ms",
+    "gateway cores", "events/write", "µs CPU/event", "µs CPU/write", "loadgen cores",
+    "machine busy", "bg busy", "stop",
+]  # fmt: skip
+TARGET_CLIENTS = 10_000
+TARGET_EVENTS_PER_S = 100_000
+
+
+async def one_step(args, stack: Stack, clients: SseClients, n: int, t_base: int) -> dict:
+    conn = await trio.to_thread.run_sync(
+        lambda: clients.connect(n, stack.sse_targets, args.per_addr, args.connect_timeout)
+    )
+    gateways = stack.pids("all", "gateway")
+    meter = CpuMeter({**gateways, "readers": clients.process.pid, "poster": os.getpid()})
+    ports = stack.ports("all", "api", "consumer", "gateway")
+    background = await trio.to_thread.run_sync(background_busy)
+    before = await trio.to_thread.run_sync(scrape, ports)
+    await trio.to_thread.run_sync(clients.call, "start")
+    started = time.monotonic()
+    meter.start()
+    posted = await post_paced(
+        stack.api_url,
+        rate=args.rate,
+        batch=args.batch,
+        seconds=args.seconds,
+        t_base_ns=t_base,
+        run=f"fan{n}-{t_base}",
+    )
+    await drain(clients, posted.acked * conn["ready"], cap_s=args.drain_cap)
+    cpu = meter.stop()
+    stats = await trio.to_thread.run_sync(clients.call, "stop")
+    window = time.monotonic() - started
+    after = await trio.to_thread.run_sync(scrape, ports)
+    await trio.to_thread.run_sync(clients.call, "close")
+    left = await wait_clients_gone(ports)
+    lat = latency_summary(stats)
+    expected = posted.acked * conn["ready"]
+    gw_cores = [cpu[f"{k}_cores"] for k in gateways]
+    gw_cpu_s = sum(gw_cores) * window
+    delivered_per_s = stats["events"] / window
+    step = {
+        "clients": n,
+        "connected": conn["ready"],
+        "connect_failed": conn["failed"],
+        "connect_s": conn["seconds"],
+        "connect_errors": conn.get("errors", {}),
+        "clients_per_gateway": round(conn["ready"] / len(gateways)),
+        **posted.summary(),
+        "events": stats["events"],
+        "window_s": round(window, 2),
+        "delivered_per_s": round(delivered_per_s),
+        "per_gateway_per_s": round(delivered_per_s / len(gateways)),
+        "delivery": round(stats["events"] / expected, 4) if expected else 0.0,
+        "min_client_events": stats["min_client_events"],
+        **lat,
+        "events_per_write": round(stats["events"] / stats["chunks"], 2) if stats["chunks"] else 0,
+        "overflow_resets": stats["resets"],
+        "disconnects": stats["disconnects"],
+        "gateway_cores": gw_cores,
+        "gateway_us_per_event": round(1e6 * gw_cpu_s / stats["events"], 2)
+        if stats["events"]
+        else None,
+        "gateway_us_per_write": round(1e6 * gw_cpu_s / stats["chunks"], 2)
+        if stats["chunks"]
+        else None,
+        "loadgen_cores": round(cpu["readers_cores"] + cpu["poster_cores"], 2),
+        "machine_busy": cpu["machine_busy"],
+        "background_busy": background,
+        "server": server_side(before, after),
+        "clients_left_after_close": left,
+        "cpu": cpu,
+    }
+    reasons = []
+    if conn["ready"] < n:
+        reasons.append("connect failures")
+    if not lat["p99_ms"] <= args.p99_limit_ms:  # NaN counts as a pass of the limit
+        reasons.append(f"p99>{args.p99_limit_ms:g}ms")
+    if step["delivery"] < 0.99:
+        reasons.append("delivery<0.99")
+    if cpu["machine_busy"] >= 0.95:
+        reasons.append("machine saturated")
+    if max(gw_cores) >= 0.95:
+        reasons.append("gateway saturated")
+    step["stop"] = ", ".join(reasons)
+    return step
+
+
+async def main(args: argparse.Namespace) -> dict:
+    fd_limit = raise_fd_limit()  # the tickhub processes inherit it
+    lo, hi = port_range()
+    t_base = time.monotonic_ns()
+    steps: list[dict] = []
+    gateways = 1 if args.mode == "all" else args.gateways
+    with (
+        Stack(args.mode, gateways=gateways) as stack,
+        SseClients(t_base) as clients,
+        trio.move_on_after(args.timeout) as overall,
+    ):
+        floor = None
+        if args.floor_clients:
+            floor = await trio.to_thread.run_sync(
+                bare_floor, t_base, clients, args.floor_clients, args.rate, args.batch, args.seconds
+            )
+            print(json.dumps({"floor": floor}), file=sys.stderr)
+        for n in args.clients:
+            if n + 100 > fd_limit[0]:
+                steps.append({"clients": n, "stop": f"skipped: fd limit {fd_limit[0]}"})
+                break
+            step = await one_step(args, stack, clients, n, t_base)
+            if floor and floor["us_per_write"] and step["gateway_us_per_write"]:
+                step["us_per_write_vs_floor"] = round(
+                    step["gateway_us_per_write"] / floor["us_per_write"], 1
+                )
+            steps.append(step)
+            print(json.dumps({k: v for k, v in step.items() if k != "cpu"}), file=sys.stderr)
+            if step["stop"]:
+                break
+    measured = [s for s in steps if "p99_ms" in s]
+    ok = [s for s in measured if s["p99_ms"] <= args.p99_limit_ms and s["delivery"] >= 0.99]
+    passed = next((s for s in measured if s not in ok), None)
+    best = max(ok, key=lambda s: s["clients_per_gateway"], default=None)
+    return {
+        "bench": "fanout",
+        "mode": args.mode,
+        "gateways": gateways,
+        "rate": args.rate,
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "fd_limit": list(fd_limit),
+        "ephemeral_ports": [lo, hi],
+        "per_addr": args.per_addr,
+        "timed_out": overall.cancelled_caught,
+        "max_clients_per_gateway_p99_ok": best["clients_per_gateway"] if best else 0,
+        "p99_passed_limit_at_clients_per_gateway": passed["clients_per_gateway"]
+        if passed
+        else None,
+        "peak_delivered_per_gateway_per_s": max(
+            (s["per_gateway_per_s"] for s in measured), default=0
+        ),
+        "target_met": bool(
+            best
+            and best["clients_per_gateway"] >= TARGET_CLIENTS
+            and best["per_gateway_per_s"] >= TARGET_EVENTS_PER_S
+        ),
+        "floor": floor,
+        "steps": steps,
+    }
+
+
+def record(result: dict) -> None:
+    f = result.get("floor")
+    if f:
+        append_row(
+            RESULTS,
+            COLUMNS,
+            [
+                now_stamp(), "bare trio (floor)", 1, f["clients"], f["clients"],
+                result["rate"], result["batch"], f["delivered_per_s"], f["delivered_per_s"],
+                "-", f["p50_ms"], f["p99_ms"], f["max_ms"], f["spread_p99_ms"], f["cores"],
+                f["events_per_write"], f["us_per_event"], f["us_per_write"], "-", "-", "-", "-",
+            ],
+        )  # fmt: skip
+    for s in result["steps"]:
+        if "p99_ms" not in s:
+            continue
+        append_row(
+            RESULTS,
+            COLUMNS,
+            [
+                now_stamp(), result["mode"], result["gateways"], s["connected"],
+                s["clients_per_gateway"], s["ticks_per_s"], result["batch"],
+                s["delivered_per_s"], s["per_gateway_per_s"], s["delivery"], s["p50_ms"],
+                s["p99_ms"], s["max_ms"], s["spread_p99_ms"],
+                "+".join(str(c) for c in s["gateway_cores"]), s["events_per_write"],
+                s["gateway_us_per_event"], s["gateway_us_per_write"],
+                s["loadgen_cores"], s["machine_busy"], s["background_busy"], s["stop"] or "-",
+            ],
+        )  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--clients",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[100, 500, 1000, 2000, 5000, 10000],
+    )
+    parser.add_argument("--rate", type=float, default=10.0, help="ticks per second")
+    parser.add_argument("--batch", type=int, default=1, help="ticks per POST")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load per step")
+    parser.add_argument("--mode", choices=["all", "split"], default="all")
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes (split)")
+    parser.add_argument("--per-addr", type=int, default=5000, help="clients per source address")
+    parser.add_argument("--p99-limit-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--floor-clients", type=int, default=1000, help="clients of the bare trio run (0: skip)"
+    )
+    parser.add_argument("--connect-timeout", type=float, default=90.0)
+    parser.add_argument("--drain-cap", type=float, default=10.0, help="longest wait after posts")
+    parser.add_argument("--timeout", type=float, default=420.0, help="whole run's limit (s)")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    result = trio.run(main, parse_args())
+    print(json.dumps(result))
+    record(result)
