@@ -29,7 +29,7 @@ import httpx
 import trio
 
 from bench.common import UNLIMITED
-from tickhub.actors.messages import TickColumns
+from bench.flush_sql import parts_for
 from tickhub.actors.roles import run_process
 from tickhub.config import load_settings
 from tickhub.logs import configure_logging
@@ -87,20 +87,7 @@ async def db_only(db, total: int, size: int) -> float:
     base_us = int((time.time() - 6000) * 1_000_000)
     started = time.perf_counter()
     for n in range(total // size):
-        parts = []
-        for s, symbol in enumerate(SYMBOLS):
-            idx = range(s, size, len(SYMBOLS))
-            parts.append(
-                TickColumns(
-                    symbol,
-                    "bench-db",
-                    base_us,
-                    [f"db-{n}-{i}" for i in idx],
-                    [base_us + n * 1_000_000 + i * 1000 for i in idx],
-                    [100 + (i % 97) / 100 for i in idx],
-                    [float(1 + i % 3) for i in idx],
-                )
-            )
+        parts = parts_for("db", n, size, base_us)  # the same rows flush_sql measures
         await store.write(parts)
     return time.perf_counter() - started
 
