@@ -1,13 +1,14 @@
-"""Where a flush's time goes in PostgreSQL: the writer's flush SQL statement by statement.
+"""Where a flush's time goes in PostgreSQL: the writer's one flush statement, measured.
 
-The writer's flush (`tickhub.sql.store`) is one transaction of several statements. This runs
-the same statements, with the same SQL text, on flushes of `--size` rows (4 symbols, unique
-keys, as `bench/ingest.py`'s DB-only pass) against an embedded PostgreSQL (fsync off), and
-times each one from the client. In the same run, for ratios:
+The writer's flush (`tickhub.sql.store`) is one statement. This runs it through the
+writer's own call (`TickStore.write`) on flushes of `--size` rows (4 symbols, unique keys,
+as `bench/ingest.py`'s DB-only pass) against an embedded PostgreSQL (fsync off), and saves
+an `EXPLAIN ANALYZE` of the statement (bench/results/flush_sql-explain.txt: where the time
+goes inside it). In the same run, for ratios:
 
-- `TickStore.write` end to end (the DB-only limit of bench/ingest.py),
 - a bare COPY of the same rows into a temporary table without keys (the ceiling of COPY),
-- one `SELECT 1` round trip through the trio → asyncio bridge.
+- one `SELECT 1` round trip through the trio → asyncio bridge,
+- with `--what-if`: RAW_AUDIT=0 beside RAW_AUDIT=1, flush by flush in turn.
 
 Prints one JSON line and appends a row to bench/results/flush_sql.md.
 """
@@ -25,18 +26,17 @@ import trio
 
 from bench.common import RESULTS_DIR, SYMBOLS, append_row, machine, now_stamp
 from tickhub.actors.messages import TickColumns
-from tickhub.sql import store
 from tickhub.sql.db import open_bridge, open_database
 from tickhub.sql.embedded import EmbeddedPostgres
 from tickhub.sql.migrate import migrate_up
-from tickhub.sql.store import TickStore
+from tickhub.sql.store import TickStore, flush_arguments, flush_statement
 
 RESULTS = RESULTS_DIR / "flush_sql.md"
-STEPS = ("begin", "stage", "copy", "raw", "write", "touched", "commit")
 COLUMNS = [
     "date", "rows/flush", "flushes", "flush ms", "DB-only rows/s", "COPY-only rows/s",
-    "DB-only ÷ COPY-only", "round trip ms", *(f"{s} ms" for s in STEPS), "outside ms",
+    "DB-only ÷ COPY-only", "round trip ms", "raw audit on rows/s", "raw audit off rows/s",
 ]  # fmt: skip
+STAGE_COLUMNS = ["symbol", "idem_key", "ts_us", "price", "volume", "source", "received_us"]
 
 
 def parts_for(tag: str, n: int, size: int, base_us: int) -> list[TickColumns]:
@@ -65,54 +65,13 @@ def records_of(parts: list[TickColumns]) -> list[tuple]:
     ]
 
 
-async def timed_flush(conn: asyncpg.Connection, records: list[tuple], symbols: list[str]):
-    """`store._flush`, statement by statement, with a clock around each."""
-    t: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        t[name] = now - mark
-        mark = now
-
-    tr = conn.transaction()
-    await tr.start()
-    lap("begin")
-    await conn.execute(store._STAGE)
-    lap("stage")
-    await conn.copy_records_to_table("tick_stage", records=records, columns=store._STAGE_COLUMNS)
-    lap("copy")
-    await conn.execute(store._RAW)
-    lap("raw")
-    pairs = [store.split_symbol(s) for s in symbols]
-    inserted = await conn.fetch(store._WRITE, symbols, [b for b, _ in pairs], [q for _, q in pairs])
-    lap("write")
-    buckets = sorted({(r[0], r[2] // 60_000_000 * 60) for r in inserted})
-    await conn.fetch(store._TOUCHED, [s for s, _ in buckets], [b for _, b in buckets])
-    lap("touched")
-    await tr.commit()
-    lap("commit")
-    return t
-
-
-async def explain_write(conn: asyncpg.Connection, records: list[tuple], symbols: list[str]):
-    """EXPLAIN ANALYZE of the flush's main statement on one more flush (rolled back)."""
+async def explain(conn: asyncpg.Connection, parts: list[TickColumns]) -> str:
+    """EXPLAIN ANALYZE of the flush statement on one more flush (rolled back)."""
     tr = conn.transaction()
     await tr.start()
     try:
-        await conn.execute(store._STAGE)
-        await conn.copy_records_to_table(
-            "tick_stage", records=records, columns=store._STAGE_COLUMNS
-        )
-        await conn.execute(store._RAW)
-        pairs = [store.split_symbol(s) for s in symbols]
-        rows = await conn.fetch(
-            "EXPLAIN (ANALYZE, BUFFERS, VERBOSE OFF) " + store._WRITE,
-            symbols,
-            [b for b, _ in pairs],
-            [q for _, q in pairs],
-        )
+        sql = "EXPLAIN (ANALYZE, BUFFERS) " + flush_statement(raw_audit=True)
+        rows = await conn.fetch(sql, *flush_arguments(parts))
         return "\n".join(r[0] for r in rows)
     finally:
         await tr.rollback()
@@ -124,7 +83,7 @@ async def copy_only(conn: asyncpg.Connection, records: list[tuple]) -> float:
         " price float8, volume float8, source text, received_us bigint)"
     )
     started = time.perf_counter()
-    await conn.copy_records_to_table("bare_stage", records=records, columns=store._STAGE_COLUMNS)
+    await conn.copy_records_to_table("bare_stage", records=records, columns=STAGE_COLUMNS)
     took = time.perf_counter() - started
     await conn.execute("TRUNCATE bare_stage")
     return took
@@ -156,20 +115,10 @@ async def main(args: argparse.Namespace) -> dict:
             async with open_bridge(), open_database(url) as db:
                 await migrate_up(db)
                 base_us = int((time.time() - 7200) * 1_000_000)
-                symbols = sorted(SYMBOLS)
-                totals = dict.fromkeys(STEPS, 0.0)
-                outside = 0.0
-                for n in range(args.warmup + args.flushes):
-                    records = records_of(parts_for("s", n, args.size, base_us))
-                    started = time.perf_counter()
-                    t = await db.run(timed_flush, records, symbols)
-                    took = time.perf_counter() - started
-                    if n >= args.warmup:
-                        for k in STEPS:
-                            totals[k] += t[k]
-                        outside += took - sum(t.values())
-                # the writer's own call, end to end (later minutes: no key collides)
                 tick_store = TickStore(db, raw_audit=True)
+                for n in range(args.warmup):
+                    await tick_store.write(parts_for("warm", n, args.size, base_us))
+                # the writer's own call, end to end (later minutes: no key collides)
                 started = time.perf_counter()
                 for n in range(args.flushes):
                     await tick_store.write(parts_for("w", n, args.size, base_us + 3_600_000_000))
@@ -181,11 +130,12 @@ async def main(args: argparse.Namespace) -> dict:
                 for n in range(args.flushes):
                     records = records_of(parts_for("c", n, args.size, base_us))
                     copy_s += await db.run(copy_only, records)
-                records = records_of(parts_for("e", 0, args.size, base_us + 7_200_000_000))
-                plan = await db.run(explain_write, records, symbols)
+                parts = parts_for("e", 0, args.size, base_us + 7_200_000_000)
+                plan = await db.run(explain, parts)
                 (RESULTS_DIR / "flush_sql-explain.txt").write_text(
-                    f"EXPLAIN ANALYZE of the flush's main statement, {args.size} rows, after "
-                    f"{args.warmup + 2 * args.flushes} flushes:\n\n{plan}\n"
+                    f"EXPLAIN ANALYZE of the flush statement, {args.size} rows, after "
+                    f"{args.warmup + (3 if args.what_if else 1) * args.flushes} flushes:\n\n"
+                    f"{plan}\n"
                 )
                 started = time.perf_counter()
                 for _ in range(200):
@@ -193,7 +143,6 @@ async def main(args: argparse.Namespace) -> dict:
                 round_trip_ms = (time.perf_counter() - started) / 200 * 1000
         finally:
             pg.stop()
-    per_flush = {k: round(1000 * v / args.flushes, 2) for k, v in totals.items()}
     rows = args.size * args.flushes
     return {
         "bench": "flush_sql",
@@ -205,14 +154,12 @@ async def main(args: argparse.Namespace) -> dict:
         "copy_only_rows_per_s": round(rows / copy_s),
         "db_only_over_copy_only": round(copy_s / db_only_s, 3),
         "round_trip_ms": round(round_trip_ms, 3),
-        "statement_ms": per_flush,
-        "statement_share": {k: round(v / sum(per_flush.values()), 3) for k, v in per_flush.items()},
-        "outside_ms": round(1000 * outside / args.flushes, 2),
         "what_if_db_only_rows_per_s": what_if,
     }
 
 
 def record(result: dict) -> None:
+    what_if = result["what_if_db_only_rows_per_s"]
     append_row(
         RESULTS,
         COLUMNS,
@@ -220,7 +167,7 @@ def record(result: dict) -> None:
             now_stamp(), result["size"], result["flushes"], result["flush_ms"],
             result["db_only_rows_per_s"], result["copy_only_rows_per_s"],
             result["db_only_over_copy_only"], result["round_trip_ms"],
-            *(result["statement_ms"][s] for s in STEPS), result["outside_ms"],
+            what_if.get("raw_audit_on", "-"), what_if.get("raw_audit_off", "-"),
         ],
     )  # fmt: skip
 

@@ -22,17 +22,31 @@ async def _tables(db) -> set[str]:
     return {r[0] for r in rows}
 
 
+ALL = ["0001_schema", "0002_brin_received_at"]
+
+
+async def _index_method(db, index: str) -> str:
+    return await db.fetchval(
+        "SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.relname = $1",
+        index,
+    )
+
+
 async def test_up_down_up(pg):
     url = await _fresh_database(pg, "mig_updown")
     async with open_bridge(), open_database(url) as db:
-        assert await migrate_up(db) == ["0001_schema"]
+        assert await migrate_up(db) == ALL
         assert await migrate_up(db) == []  # idempotent
         assert {"ticks_history", "ohlc_1m", "metrics_1m", "symbols"} <= await _tables(db)
-        assert await migration_status(db) == [("0001_schema", True)]
+        assert await migration_status(db) == [(name, True) for name in ALL]
+        assert await _index_method(db, "ticks_history_received_at") == "brin"
+        assert await migrate_down(db, 1) == ["0002_brin_received_at"]
+        assert await _index_method(db, "ticks_history_received_at") == "btree"
+        assert await _index_method(db, "ticks_raw_received_at") == "btree"
         assert await migrate_down(db, 1) == ["0001_schema"]
         assert await _tables(db) == {"schema_migrations"}
-        assert await migration_status(db) == [("0001_schema", False)]
-        assert await migrate_up(db) == ["0001_schema"]
+        assert await migration_status(db) == [(name, False) for name in ALL]
+        assert await migrate_up(db) == ALL
         assert "ticks_recent" in {
             r[0] for r in await db.fetch("SELECT table_name FROM information_schema.views")
         }

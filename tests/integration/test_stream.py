@@ -74,6 +74,37 @@ async def test_event_carries_the_stored_candle_and_sma10(tickhub):
     assert data["sma10"] == rest["sma10"]
 
 
+async def test_sma10_of_a_flush_over_two_minutes_uses_the_close_it_just_changed(tickhub):
+    """One batch moves the close of minute 11 and opens minute 12: the event of minute 12
+    averages the new close of minute 11, as REST does, not the one stored before."""
+    base = (int(time.time()) // 60 - 30) * 60
+    history = [
+        {"symbol": "SMAUSDT", "price": 100 + m, "ts": base + m * 60 + 10, "volume": 1}
+        for m in range(12)
+    ]
+    assert (await tickhub.post_ticks(history)).status_code == 202
+    live = [
+        {"symbol": "SMAUSDT", "price": 500, "ts": base + 11 * 60 + 50, "volume": 1},
+        {"symbol": "SMAUSDT", "price": 150, "ts": base + 12 * 60 + 5, "volume": 1},
+    ]
+    received = []
+    started = trio.Event()
+    url = "/realtime/ticks?symbol=SMAUSDT"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(_collect, tickhub.client, url, 2, received, started=started))
+            await started.wait()
+            assert (await tickhub.post_ticks(live)).status_code == 202
+    last = [e.json() for e in received if e.event == "message"][-1]
+    assert last["candle1m"]["bucket_start"] == base + 12 * 60
+    closes = [100 + m for m in range(3, 11)] + [500, 150]
+    assert last["sma10"] == sum(closes) / 10
+    candles = (
+        await tickhub.get("/api/v1/ticks/SMAUSDT/history", params={"view": "ohlc1m", "limit": 50})
+    ).json()["items"]
+    assert candles[-1]["sma10"] == last["sma10"]
+
+
 async def test_resume_after_last_event_id_has_no_gap_and_no_repeat(tickhub):
     first = []
     started = trio.Event()

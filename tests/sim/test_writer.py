@@ -10,7 +10,6 @@ import pytest
 import trio
 
 from tickhub.actors.messages import (
-    Candle,
     FlushOutcome,
     Receipt,
     StoredTick,
@@ -41,11 +40,9 @@ class FakeStore:
             for key, ts in zip(p.keys, p.ts_us, strict=True):
                 if (p.symbol, key) not in self.seen:
                     self.seen.add((p.symbol, key))
-                    ticks.append(StoredTick(p.symbol, key, ts, 1.0, 1.0))
-        candles = {
-            (t.symbol, t.ts_us // 60_000_000 * 60): Candle(0, 1, 1, 1, 1, 1, 1, None) for t in ticks
-        }
-        return FlushOutcome(ticks, candles)
+                    candle = (ts // 60_000_000 * 60, 1.0, 1.0, 1.0, 1.0, 1.0, 1, None)
+                    ticks.append(StoredTick(p.symbol, key, ts, 1.0, 1.0, *candle))
+        return FlushOutcome(ticks)
 
 
 def part(symbol: str, n: int, tag: str = "") -> TickColumns:

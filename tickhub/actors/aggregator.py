@@ -47,34 +47,28 @@ def ordered(ticks: TickColumns) -> TickColumns:
 
 
 def live_events(symbol: str, outcome: FlushOutcome) -> list[bytes]:
-    """One event per stored tick, carrying the candle and SMA10 as stored after the flush."""
-    events = []
-    for tick in sorted(outcome.ticks, key=lambda t: (t.ts_us, t.key)):
-        bucket = tick.ts_us // 60_000_000 * 60
-        candle = outcome.candles.get((symbol, bucket))
-        if candle is None:
-            continue
-        events.append(
-            orjson.dumps(
-                {
-                    "symbol": symbol,
-                    "price": tick.price,
-                    "ts": tick.ts_us / 1_000_000,
-                    "volume": tick.volume,
-                    "sma10": candle.sma10,
-                    "candle1m": {
-                        "bucket_start": candle.bucket_start,
-                        "open": candle.open,
-                        "high": candle.high,
-                        "low": candle.low,
-                        "close": candle.close,
-                        "volume": candle.volume,
-                        "count": candle.count,
-                    },
-                }
-            )
+    """One event per stored tick, carrying its candle and SMA10 as stored after the flush."""
+    return [
+        orjson.dumps(
+            {
+                "symbol": symbol,
+                "price": tick.price,
+                "ts": tick.ts_us / 1_000_000,
+                "volume": tick.volume,
+                "sma10": tick.sma10,
+                "candle1m": {
+                    "bucket_start": tick.bucket_start,
+                    "open": tick.open,
+                    "high": tick.high,
+                    "low": tick.low,
+                    "close": tick.close,
+                    "volume": tick.candle_volume,
+                    "count": tick.count,
+                },
+            }
         )
-    return events
+        for tick in sorted(outcome.ticks, key=lambda t: (t.ts_us, t.key))
+    ]
 
 
 @attrs.define

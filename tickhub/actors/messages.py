@@ -5,6 +5,7 @@ one object per tick: a channel send costs microseconds, so the hot path moves li
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import attrs
 import trio
@@ -35,37 +36,31 @@ class TickBatch:
     parts: list[TickColumns]
 
 
-@attrs.frozen
-class StoredTick:
-    """A tick as `ticks_history` holds it after the flush inserted it."""
+class StoredTick(NamedTuple):
+    """A tick the flush inserted into `ticks_history`, with its 1-minute candle as stored
+    after the flush and the SMA10 of the closes up to that candle (None before the 10th):
+    one row of the flush statement's result, which is all a live event needs."""
 
     symbol: str
     key: str
     ts_us: int
     price: float
     volume: float
-
-
-@attrs.frozen
-class Candle:
-    """A 1-minute candle as stored, with the SMA10 of the closes up to it."""
-
     bucket_start: int
     open: float
     high: float
     low: float
     close: float
-    volume: float
+    candle_volume: float
     count: int
     sma10: float | None
 
 
 @attrs.frozen
 class FlushOutcome:
-    """What one committed flush stored: the new ticks and the candles they touched."""
+    """What one committed flush stored: the new ticks, each with the candle it touched."""
 
     ticks: list[StoredTick]
-    candles: dict[tuple[str, int], Candle]
 
 
 @attrs.define(eq=False)

@@ -174,7 +174,7 @@ def _settle(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
 
 
 async def _reply(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
-    """Hand each aggregator the stored ticks and candles of its symbol."""
+    """Hand each aggregator the stored ticks of its symbol."""
     by_symbol: dict[str, list] = {}
     for tick in outcome.ticks:
         by_symbol.setdefault(tick.symbol, []).append(tick)
@@ -184,8 +184,7 @@ async def _reply(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
         if symbol in replied or symbol not in by_symbol:
             continue
         replied.add(symbol)
-        candles = {k: c for k, c in outcome.candles.items() if k[0] == symbol}
         try:
-            await request.reply.send(FlushOutcome(by_symbol[symbol], candles))
+            await request.reply.send(FlushOutcome(by_symbol[symbol]))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             log.info("aggregator gone; live update skipped", symbol=symbol)

@@ -1,50 +1,48 @@
-"""The writer's SQL: one flush = one transaction = one bridged call.
+"""The writer's SQL: one flush = one statement = one round trip, atomic on its own.
 
-COPY the flush's ticks (duplicates included) into a per-connection staging table, then one
-statement inserts them into `ticks_raw`, inserts the new ones into `ticks_history` (ON
-CONFLICT DO NOTHING — the idempotency), and upserts `ohlc_1m`, `metrics_1m`, `source_stats`
-and `symbols` from exactly the rows that were inserted. Candles merge by (ts, key), so the
-result does not depend on arrival order. A last statement reads back the candles the flush
-touched with their SMA10, which is what the live events carry: the same numbers REST serves.
+The flush's ticks (duplicates included) travel as arrays, one per column, and are unnested
+once. From them the same statement inserts into `ticks_raw` (when RAW_AUDIT is on), inserts
+the new ones into `ticks_history` (ON CONFLICT DO NOTHING — the idempotency), and upserts
+`ohlc_1m`, `metrics_1m`, `source_stats` and `symbols` from exactly the rows that were
+inserted. Candles merge by (ts, key), so the result does not depend on arrival order. It
+returns each inserted tick with its candle as stored after the flush and that candle's
+SMA10, which is what the live events carry: the same numbers REST serves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import asyncpg
-import attrs
-
-from tickhub.actors.messages import Candle, FlushOutcome, StoredTick, TickColumns
+from tickhub.actors.messages import FlushOutcome, StoredTick, TickColumns
 from tickhub.sql.db import Database
-
-_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS tick_stage (
-    symbol text, idem_key text, ts_us bigint, price float8, volume float8,
-    source text, received_us bigint
-) ON COMMIT DELETE ROWS
-"""
-_STAGE_COLUMNS = ["symbol", "idem_key", "ts_us", "price", "volume", "source", "received_us"]
 
 # Exact microsecond arithmetic; float8 → numeric keeps 15 significant digits.
 _TS = "timestamptz 'epoch' + {col} * interval '1 microsecond'"
 _ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
 
-_RAW = f"""
-INSERT INTO ticks_raw (received_at, source, symbol, idem_key, ts, price, volume)
-SELECT {_TS.format(col="received_us")}, source, symbol, idem_key, {_TS.format(col="ts_us")},
-       price::numeric, volume::numeric
-FROM tick_stage
-"""
+_STAGE = """
+WITH stage AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[], $5::float8[],
+                         $6::text[], $7::int8[])
+        AS s(symbol, idem_key, ts_us, price, volume, source, received_us)
+),"""
 
-# Rows are fed to each upsert in (symbol, bucket) order so that concurrent flushes lock
-# candle rows in the same order and cannot deadlock each other.
+_RAW = f"""
+raw AS (
+    INSERT INTO ticks_raw (received_at, source, symbol, idem_key, ts, price, volume)
+    SELECT {_TS.format(col="received_us")}, source, symbol, idem_key, {_TS.format(col="ts_us")},
+           price::numeric, volume::numeric
+    FROM stage
+),"""
+
+# Rows are fed to each insert in key order so that concurrent flushes lock rows in the same
+# order and cannot deadlock each other.
 _WRITE = f"""
-WITH ins AS (
+ins AS (
     INSERT INTO ticks_history (symbol, idem_key, ts, price, volume, source, received_at)
     SELECT symbol, idem_key, {_TS.format(col="ts_us")}, price::numeric, volume::numeric,
            source, {_TS.format(col="received_us")}
-    FROM tick_stage
+    FROM stage
     ORDER BY symbol, idem_key
     ON CONFLICT (symbol, idem_key) DO NOTHING
     RETURNING symbol, idem_key, ts, price, volume, source
@@ -86,7 +84,7 @@ WITH ins AS (
         close_ts = GREATEST(o.close_ts, EXCLUDED.close_ts),
         volume = o.volume + EXCLUDED.volume,
         count = o.count + EXCLUDED.count
-    RETURNING 1
+    RETURNING o.symbol, o.bucket_start, o.open, o.high, o.low, o.close, o.volume, o.count
 ), metrics AS (
     INSERT INTO metrics_1m AS m (symbol, bucket_start, count, sum, min, max, last, last_ts,
                                  last_key, volume, pv_sum)
@@ -105,7 +103,6 @@ WITH ins AS (
         last_ts = GREATEST(m.last_ts, EXCLUDED.last_ts),
         volume = m.volume + EXCLUDED.volume,
         pv_sum = m.pv_sum + EXCLUDED.pv_sum
-    RETURNING 1
 ), sources AS (
     INSERT INTO source_stats AS s (source, ticks, last_ts, last_ingest_at)
     SELECT source, count(*), max(ts), now() FROM ins GROUP BY source ORDER BY source
@@ -113,30 +110,65 @@ WITH ins AS (
         ticks = s.ticks + EXCLUDED.ticks,
         last_ts = GREATEST(s.last_ts, EXCLUDED.last_ts),
         last_ingest_at = EXCLUDED.last_ingest_at
-    RETURNING 1
 ), new_symbols AS (
     INSERT INTO symbols (symbol, base, quote)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ORDER BY 1
+    SELECT * FROM unnest($8::text[], $9::text[], $10::text[]) ORDER BY 1
     ON CONFLICT (symbol) DO NOTHING
-    RETURNING 1
+), touched AS MATERIALIZED (
+    -- SMA10 over the 10 latest candles up to each (row-based, as the REST candle view
+    -- computes it). The statement's snapshot predates its own upserts, so the closes this
+    -- flush just wrote are taken from `candles` and the older ones from the table.
+    SELECT c.*,
+           (SELECT CASE WHEN count(*) = 10 THEN avg(w.close) END
+            FROM (SELECT u.close FROM (
+                      SELECT n.bucket_start, n.close FROM candles n
+                      WHERE n.symbol = c.symbol AND n.bucket_start <= c.bucket_start
+                      UNION ALL
+                      (SELECT p.bucket_start, p.close FROM ohlc_1m p
+                       WHERE p.symbol = c.symbol AND p.bucket_start <= c.bucket_start
+                         AND NOT EXISTS (SELECT 1 FROM candles n
+                                         WHERE n.symbol = p.symbol
+                                           AND n.bucket_start = p.bucket_start)
+                       ORDER BY p.bucket_start DESC LIMIT 10)
+                  ) u
+                  ORDER BY u.bucket_start DESC LIMIT 10) w) AS sma10
+    FROM candles c
 )
-SELECT symbol, idem_key, (extract(epoch FROM ts) * 1000000)::int8 AS ts_us, price, volume
-FROM ins
+SELECT i.symbol, i.idem_key, (extract(epoch FROM i.ts) * 1000000)::int8, i.price, i.volume,
+       extract(epoch FROM t.bucket_start)::int8, t.open, t.high, t.low, t.close, t.volume,
+       t.count, t.sma10
+FROM ins i
+JOIN touched t ON t.symbol = i.symbol
+              AND t.bucket_start = date_bin('1 minute', i.ts, {_ORIGIN})
+ORDER BY i.symbol, i.ts, i.idem_key
 """
 
-# The candles a flush touched, as stored now, with SMA10 over the 10 latest candles up to
-# each (row-based, as the REST candle view computes it).
-_TOUCHED = f"""
-SELECT c.symbol, extract(epoch FROM c.bucket_start)::int8 AS bucket_start,
-       c.open, c.high, c.low, c.close, c.volume, c.count,
-       (SELECT CASE WHEN count(*) = 10 THEN avg(w.close) END
-        FROM (SELECT p.close FROM ohlc_1m p
-              WHERE p.symbol = c.symbol AND p.bucket_start <= c.bucket_start
-              ORDER BY p.bucket_start DESC LIMIT 10) w) AS sma10
-FROM unnest($1::text[], $2::int8[]) AS k(symbol, bucket_s)
-JOIN ohlc_1m c ON c.symbol = k.symbol
-              AND c.bucket_start = {_ORIGIN} + (k.bucket_s - 946684800) * interval '1 second'
-"""
+
+def flush_statement(raw_audit: bool) -> str:
+    """The flush's one statement. Its parameters: seven per-tick column arrays (symbol, key,
+    ts µs, price, volume, source, received µs), then (symbol, base, quote) of its symbols."""
+    return _STAGE + (_RAW if raw_audit else "") + _WRITE
+
+
+def flush_arguments(parts: Sequence[TickColumns]) -> list[list]:
+    """The statement's parameters for a flush of these parts."""
+    symbol, key, ts, price, volume, source, received = [], [], [], [], [], [], []
+    for part in parts:
+        n = len(part.keys)
+        symbol += [part.symbol] * n
+        key += part.keys
+        ts += part.ts_us
+        price += part.price
+        volume += part.volume
+        source += [part.source] * n
+        received += [part.received_us] * n
+    symbols = sorted({p.symbol for p in parts})
+    pairs = [split_symbol(s) for s in symbols]
+    return [
+        symbol, key, ts, price, volume, source, received,
+        symbols, [b for b, _ in pairs], [q for _, q in pairs],
+    ]  # fmt: skip
+
 
 QUOTES = ("USDT", "USDC", "BUSD", "USD", "EUR", "GBP", "JPY", "BTC", "ETH", "BNB")
 
@@ -153,51 +185,14 @@ def split_symbol(symbol: str) -> tuple[str, str]:
     return symbol, ""
 
 
-@attrs.define
 class TickStore:
     """Writes flushes to Postgres; what the writer actor depends on (see `actors.writer`)."""
 
-    db: Database
-    raw_audit: bool = True
+    def __init__(self, db: Database, raw_audit: bool = True) -> None:
+        self.db = db
+        self.raw_audit = raw_audit
+        self._sql = flush_statement(raw_audit)
 
     async def write(self, parts: Sequence[TickColumns]) -> FlushOutcome:
-        records = []
-        for part in parts:
-            symbol, source, received = part.symbol, part.source, part.received_us
-            records.extend(
-                zip(
-                    [symbol] * len(part.keys),
-                    part.keys,
-                    part.ts_us,
-                    part.price,
-                    part.volume,
-                    [source] * len(part.keys),
-                    [received] * len(part.keys),
-                    strict=True,
-                )
-            )
-        symbols = sorted({p.symbol for p in parts})
-        pairs = [split_symbol(s) for s in symbols]
-        return await self.db.transaction(
-            _flush, records, symbols, [b for b, _ in pairs], [q for _, q in pairs], self.raw_audit
-        )
-
-
-async def _flush(
-    conn: asyncpg.Connection,
-    records: list[tuple],
-    symbols: list[str],
-    bases: list[str],
-    quotes: list[str],
-    raw_audit: bool,
-) -> FlushOutcome:
-    await conn.execute(_STAGE)
-    await conn.copy_records_to_table("tick_stage", records=records, columns=_STAGE_COLUMNS)
-    if raw_audit:
-        await conn.execute(_RAW)
-    inserted = await conn.fetch(_WRITE, symbols, bases, quotes)
-    ticks = [StoredTick(r[0], r[1], r[2], r[3], r[4]) for r in inserted]
-    buckets = sorted({(t.symbol, t.ts_us // 60_000_000 * 60) for t in ticks})
-    rows = await conn.fetch(_TOUCHED, [s for s, _ in buckets], [b for _, b in buckets])
-    candles = {(r[0], r[1]): Candle(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows}
-    return FlushOutcome(ticks, candles)
+        rows = await self.db.fetch(self._sql, *flush_arguments(parts))
+        return FlushOutcome([StoredTick(*r) for r in rows])
