@@ -1,11 +1,13 @@
 """Durable ingest rate beside the DB-only limit, in one run.
 
 - durable, `--mode all`: N concurrent posters send batches of unique ticks to the webhook of
-  a tickhub (`run_process`, role all, embedded Postgres); rate = acknowledged ticks ÷ (first
-  POST → last 202), and there a 202 means committed.
+  a tickhub process (`tickhub run --role all`, embedded Postgres); there a 202 means
+  committed.
 - durable, `--mode split`: the same posters against an api process; `--consumers` consumer
-  processes and an embedded Redis between them; rate = acknowledged ticks ÷ (first POST →
-  last row visible in `ticks_history`).
+  processes and an embedded Redis between them.
+- in both, rate = acknowledged ticks ÷ (first POST → last row visible in `ticks_history`).
+  The posters encode every payload before the clock starts and run in this process, apart
+  from tickhub's; `--env KEY=VALUE` passes settings to tickhub (e.g. BATCH_MAX=2000).
 - DB-only: the same number of rows written with the writer's own flush SQL (`TickStore`),
   no HTTP, no actors, in flushes of the same size.
 
@@ -24,14 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import attrs
 import httpx
+import orjson
 import trio
 
 from bench.common import UNLIMITED
 from bench.flush_sql import parts_for
-from tickhub.actors.roles import run_process
-from tickhub.config import load_settings
 from tickhub.logs import configure_logging
 from tickhub.sql.db import open_bridge, open_database
 from tickhub.sql.embedded import EmbeddedPostgres, free_port
@@ -59,20 +59,23 @@ async def durable(url: str, posters: int, batches: int, size: int) -> tuple[int,
     acked = 0
     base_ts = time.time() - 3000
     payloads = [
-        {"source": "bench", "items": batch_items("d", n, size, base_ts + n)}
+        orjson.dumps({"source": "bench", "items": batch_items("d", n, size, base_ts + n)})
         for n in range(posters * batches)
     ]
 
     async def poster(k: int, client: httpx.AsyncClient) -> None:
         nonlocal acked
         for payload in payloads[k::posters]:
-            response = await client.post("/api/v1/webhooks/ticks", json=payload)
+            response = await client.post("/api/v1/webhooks/ticks", content=payload)
             response.raise_for_status()
             acked += response.json()["accepted"]
 
     limits = httpx.Limits(max_connections=posters)
     async with httpx.AsyncClient(
-        base_url=url, headers={"x-api-key": "bench"}, timeout=60, limits=limits
+        base_url=url,
+        headers={"x-api-key": "bench", "content-type": "application/json"},
+        timeout=60,
+        limits=limits,
     ) as client:
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -104,23 +107,29 @@ def start_processes(env: dict, roles: list[tuple[str, int]], procs: list) -> Non
         _wait_ready(port, proc)
 
 
-async def split(url: str, tmp: str, args: argparse.Namespace) -> tuple[int, float]:
-    """api + consumers as processes over an embedded Redis; time until the last row lands."""
+async def served(url: str, tmp: str, args: argparse.Namespace) -> tuple[int, float]:
+    """tickhub as processes (all, or api + consumers over an embedded Redis); the posters
+    against its webhook; time until the last acknowledged row is in `ticks_history`."""
     from tickhub.dev import EmbeddedRedis
 
-    redis = EmbeddedRedis(Path(tmp) / "redis")
     env = {
         **os.environ,
         "DATABASE_URL": url,
-        "REDIS_URL": redis.start(),
         "API_KEY": "bench",
         "HOST": "127.0.0.1",
         "LOG_LEVEL": "warning",
         **UNLIMITED,  # the posters all come from 127.0.0.1: measure the pipeline, not limits
+        **dict(kv.split("=", 1) for kv in args.env),
     }
-    procs = []
-    try:
+    redis = None
+    if args.mode == "split":
+        redis = EmbeddedRedis(Path(tmp) / "redis")
+        env["REDIS_URL"] = redis.start()
         roles = [("api", free_port())] + [("consumer", free_port()) for _ in range(args.consumers)]
+    else:
+        roles = [("all", free_port())]
+    procs: list[subprocess.Popen] = []
+    try:
         await trio.to_thread.run_sync(start_processes, env, roles, procs)
         api = f"http://127.0.0.1:{roles[0][1]}"
         started = time.perf_counter()
@@ -136,7 +145,8 @@ async def split(url: str, tmp: str, args: argparse.Namespace) -> tuple[int, floa
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(20)
-        redis.stop()
+        if redis is not None:
+            redis.stop()
 
 
 async def main(args: argparse.Namespace) -> dict:
@@ -145,42 +155,12 @@ async def main(args: argparse.Namespace) -> dict:
         pg = EmbeddedPostgres(Path(tmp) / "pg", fsync=False)
         url = pg.start()
         try:
-            if args.mode == "split":
-                async with open_bridge():
-                    async with open_database(url) as db:
-                        await migrate_up(db)
-                    acked, elapsed = await split(url, tmp, args)
-                    async with open_database(url) as db:
-                        db_elapsed = await db_only(db, acked, args.size)
-                return result(args, acked, elapsed, db_elapsed)
-            settings = attrs.evolve(
-                load_settings(
-                    {
-                        "HOST": "127.0.0.1",
-                        "PORT": "0",
-                        "API_KEY": "bench",
-                        "LOG_LEVEL": "warning",
-                        **UNLIMITED,
-                    }
-                ),
-                database_url=url,
-                roles=("all",),
-            )
             async with open_bridge():
-                stop, served = trio.Event(), trio.Event()
-                box: list[str] = []
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        lambda: run_process(
-                            settings, stop=stop, on_serving=lambda u: (box.append(u), served.set())
-                        )
-                    )
-                    await served.wait()
-                    acked, elapsed = await durable(box[0], args.posters, args.batches, args.size)
-                    async with open_database(url) as db:
-                        await migrate_up(db)
-                        db_elapsed = await db_only(db, acked, args.size)
-                    stop.set()
+                async with open_database(url) as db:
+                    await migrate_up(db)
+                acked, elapsed = await served(url, tmp, args)
+                async with open_database(url) as db:
+                    db_elapsed = await db_only(db, acked, args.size)
         finally:
             pg.stop()
     return result(args, acked, elapsed, db_elapsed)
@@ -190,6 +170,8 @@ def result(args: argparse.Namespace, acked: int, elapsed: float, db_elapsed: flo
     rate = acked / elapsed
     db_rate = acked / db_elapsed
     mode = args.mode if args.mode == "all" else f"split ({args.consumers} consumers)"
+    if args.env:
+        mode += " " + " ".join(args.env)
     return {
         "bench": "ingest",
         "mode": mode,
@@ -225,6 +207,9 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=500, help="ticks per batch")
     parser.add_argument("--mode", choices=["all", "split"], default="all")
     parser.add_argument("--consumers", type=int, default=1, help="consumer processes (split)")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="a tickhub setting"
+    )
     result = trio.run(main, parser.parse_args())
     print(json.dumps(result))
     record(result)

@@ -6,7 +6,8 @@ the new ones into `ticks_history` (ON CONFLICT DO NOTHING — the idempotency), 
 `ohlc_1m`, `metrics_1m`, `source_stats` and `symbols` from exactly the rows that were
 inserted. Candles merge by (ts, key), so the result does not depend on arrival order. It
 returns each inserted tick with its candle as stored after the flush and that candle's
-SMA10, which is what the live events carry: the same numbers REST serves.
+SMA10, which is what the live events carry: the same numbers REST serves (numeric → float8
+in SQL is the same conversion as the pool's numeric codec, decoded in C instead of Python).
 """
 
 from __future__ import annotations
@@ -134,9 +135,10 @@ ins AS (
                   ORDER BY u.bucket_start DESC LIMIT 10) w) AS sma10
     FROM candles c
 )
-SELECT i.symbol, i.idem_key, (extract(epoch FROM i.ts) * 1000000)::int8, i.price, i.volume,
-       extract(epoch FROM t.bucket_start)::int8, t.open, t.high, t.low, t.close, t.volume,
-       t.count, t.sma10
+SELECT i.symbol, i.idem_key, (extract(epoch FROM i.ts) * 1000000)::int8,
+       i.price::float8, i.volume::float8, extract(epoch FROM t.bucket_start)::int8,
+       t.open::float8, t.high::float8, t.low::float8, t.close::float8, t.volume::float8,
+       t.count, t.sma10::float8
 FROM ins i
 JOIN touched t ON t.symbol = i.symbol
               AND t.bucket_start = date_bin('1 minute', i.ts, {_ORIGIN})
