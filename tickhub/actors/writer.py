@@ -174,7 +174,11 @@ def _settle(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
 
 
 async def _reply(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
-    """Hand each aggregator the stored ticks of its symbol."""
+    """Hand each aggregator the stored ticks of its symbol.
+
+    Without yielding between aggregators while their mailboxes have room: they then all
+    publish in the same scheduler batch, before any SSE subscriber runs, so a client gets a
+    whole flush in one write rather than one write per symbol."""
     by_symbol: dict[str, list] = {}
     for tick in outcome.ticks:
         by_symbol.setdefault(tick.symbol, []).append(tick)
@@ -185,6 +189,9 @@ async def _reply(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
             continue
         replied.add(symbol)
         try:
-            await request.reply.send(FlushOutcome(by_symbol[symbol]))
+            try:
+                request.reply.send_nowait(FlushOutcome(by_symbol[symbol]))
+            except trio.WouldBlock:
+                await request.reply.send(FlushOutcome(by_symbol[symbol]))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             log.info("aggregator gone; live update skipped", symbol=symbol)
