@@ -48,6 +48,7 @@ test: $(VENV)/.dev ui chromium
 
 bench: $(VENV)/.dev ui
 	$(BIN)/python -m bench.ingest --size 500
+	$(BIN)/python -m bench.ingest --size 500 --env WORKER_CONCURRENCY=2
 	$(BIN)/python -m bench.ingest --size 50 --batches 200
 	$(BIN)/python -m bench.ingest --mode split --consumers 1
 	$(BIN)/python -m bench.ingest --mode split --consumers 2
