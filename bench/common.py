@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import multiprocessing
 import os
 import platform
@@ -68,6 +70,25 @@ def append_row(path: Path, columns: list[str], values: list[Any]) -> None:
         )
     with path.open("a", encoding="utf-8") as f:
         f.write("| " + " | ".join(str(v) for v in values) + " |\n")
+
+
+def load_parser(doc: str, *, rate: float, batch: int, timeout: float) -> argparse.ArgumentParser:
+    """The options of the benches that post paced load at SSE clients (latency, fan-out)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=rate, help="ticks per second")
+    parser.add_argument("--batch", type=int, default=batch, help="ticks per POST")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load per step")
+    parser.add_argument("--mode", choices=["all", "split"], default="all")
+    parser.add_argument("--per-addr", type=int, default=5000, help="clients per source address")
+    parser.add_argument("--timeout", type=float, default=timeout, help="whole run's limit (s)")
+    return parser
+
+
+def run_bench(main: Any, args: argparse.Namespace, record: Any) -> None:
+    """Run a bench's trio `main`, print its JSON line and append its rows."""
+    result = trio.run(main, args)
+    print(json.dumps(result))
+    record(result)
 
 
 def now_stamp() -> str:

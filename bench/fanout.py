@@ -40,10 +40,12 @@ from bench.common import (
     bare_floor,
     drain,
     latency_summary,
+    load_parser,
     now_stamp,
     port_range,
     post_paced,
     raise_fd_limit,
+    run_bench,
     scrape,
     server_side,
     wait_clients_gone,
@@ -233,29 +235,21 @@ def record(result: dict) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = load_parser(__doc__, rate=10.0, batch=1, timeout=420.0)
     parser.add_argument(
         "--clients",
         type=lambda s: [int(x) for x in s.split(",")],
         default=[100, 500, 1000, 2000, 5000, 10000],
     )
-    parser.add_argument("--rate", type=float, default=10.0, help="ticks per second")
-    parser.add_argument("--batch", type=int, default=1, help="ticks per POST")
-    parser.add_argument("--seconds", type=float, default=5.0, help="load per step")
-    parser.add_argument("--mode", choices=["all", "split"], default="all")
     parser.add_argument("--gateways", type=int, default=1, help="gateway processes (split)")
-    parser.add_argument("--per-addr", type=int, default=5000, help="clients per source address")
     parser.add_argument("--p99-limit-ms", type=float, default=100.0)
     parser.add_argument(
         "--floor-clients", type=int, default=1000, help="clients of the bare trio run (0: skip)"
     )
     parser.add_argument("--connect-timeout", type=float, default=90.0)
     parser.add_argument("--drain-cap", type=float, default=10.0, help="longest wait after posts")
-    parser.add_argument("--timeout", type=float, default=420.0, help="whole run's limit (s)")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    result = trio.run(main, parse_args())
-    print(json.dumps(result))
-    record(result)
+    run_bench(main, parse_args(), record)

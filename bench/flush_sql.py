@@ -16,15 +16,13 @@ Prints one JSON line and appends a row to bench/results/flush_sql.md.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import asyncpg
-import trio
 
-from bench.common import RESULTS_DIR, SYMBOLS, append_row, machine, now_stamp
+from bench.common import RESULTS_DIR, SYMBOLS, append_row, machine, now_stamp, run_bench
 from tickhub.actors.messages import TickColumns
 from tickhub.sql.db import open_bridge, open_database
 from tickhub.sql.embedded import EmbeddedPostgres
@@ -180,6 +178,4 @@ if __name__ == "__main__":
     parser.add_argument(
         "--what-if", action="store_true", help="also: RAW_AUDIT=0 beside RAW_AUDIT=1"
     )
-    result = trio.run(main, parser.parse_args())
-    print(json.dumps(result))
-    record(result)
+    run_bench(main, parser.parse_args(), record)

@@ -17,7 +17,6 @@ Prints one JSON line and appends a row to bench/results/results.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ import httpx
 import orjson
 import trio
 
-from bench.common import UNLIMITED
+from bench.common import UNLIMITED, run_bench
 from bench.flush_sql import parts_for
 from tickhub.logs import configure_logging
 from tickhub.sql.db import open_bridge, open_database
@@ -210,6 +209,4 @@ if __name__ == "__main__":
     parser.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="a tickhub setting"
     )
-    result = trio.run(main, parser.parse_args())
-    print(json.dumps(result))
-    record(result)
+    run_bench(main, parser.parse_args(), record)

@@ -18,7 +18,6 @@ Prints one JSON line and appends a row per subscriber count to bench/results/lat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -33,9 +32,11 @@ from bench.common import (
     background_busy,
     drain,
     latency_summary,
+    load_parser,
     now_stamp,
     post_paced,
     raise_fd_limit,
+    run_bench,
     scrape,
     server_side,
     wait_clients_gone,
@@ -148,20 +149,12 @@ def record(result: dict) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = load_parser(__doc__, rate=1000.0, batch=50, timeout=300.0)
     parser.add_argument(
         "--subscribers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100, 1000]
     )
-    parser.add_argument("--rate", type=float, default=1000.0, help="ticks per second")
-    parser.add_argument("--batch", type=int, default=50, help="ticks per POST")
-    parser.add_argument("--seconds", type=float, default=5.0, help="load per step")
-    parser.add_argument("--mode", choices=["all", "split"], default="all")
-    parser.add_argument("--per-addr", type=int, default=5000, help="clients per source address")
-    parser.add_argument("--timeout", type=float, default=300.0, help="whole run's limit (s)")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    result = trio.run(main, parse_args())
-    print(json.dumps(result))
-    record(result)
+    run_bench(main, parse_args(), record)

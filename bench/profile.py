@@ -18,7 +18,6 @@ bench/results/profile.md.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from bench.common import (
     now_stamp,
     post_paced,
     raise_fd_limit,
+    run_bench,
     scrape,
     server_side,
 )
@@ -293,6 +293,4 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    result = trio.run(main, parse_args())
-    print(json.dumps(result))
-    record(result)
+    run_bench(main, parse_args(), record)

@@ -27,9 +27,20 @@ async def _collect(client, url, n, into, *, headers=None, started=None):
                 return
 
 
-async def test_event_carries_the_stored_candle_and_sma10(tickhub):
-    received = []
+async def _listen_while_posting(tickhub, url: str, n: int, items: list[dict]) -> list:
+    """Connect to `url`, post `items` once the stream said hello, and return what it sent
+    up to the `n`th message event."""
+    received: list = []
     started = trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(_collect, tickhub.client, url, n, received, started=started))
+            await started.wait()
+            assert (await tickhub.post_ticks(items)).status_code == 202
+    return received
+
+
+async def test_event_carries_the_stored_candle_and_sma10(tickhub):
     # 12 minutes of ticks so that SMA10 exists; the last batch is the live one.
     history = [
         {"symbol": "BTCUSDT", "price": 100 + m, "ts": NOW - (12 - m) * 60, "volume": 1}
@@ -45,20 +56,7 @@ async def test_event_carries_the_stored_candle_and_sma10(tickhub):
             "idempotencyKey": "live-1",
         }
     ]
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                partial(
-                    _collect,
-                    tickhub.client,
-                    "/realtime/ticks?symbol=BTCUSDT",
-                    1,
-                    received,
-                    started=started,
-                ),
-            )
-            await started.wait()
-            assert (await tickhub.post_ticks(live)).status_code == 202
+    received = await _listen_while_posting(tickhub, "/realtime/ticks?symbol=BTCUSDT", 1, live)
     hello, event = received[0], received[-1]
     assert hello.event == "hello" and hello.json()["filterSymbol"] == "BTCUSDT"
     data = event.json()
@@ -87,14 +85,7 @@ async def test_sma10_of_a_flush_over_two_minutes_uses_the_close_it_just_changed(
         {"symbol": "SMAUSDT", "price": 500, "ts": base + 11 * 60 + 50, "volume": 1},
         {"symbol": "SMAUSDT", "price": 150, "ts": base + 12 * 60 + 5, "volume": 1},
     ]
-    received = []
-    started = trio.Event()
-    url = "/realtime/ticks?symbol=SMAUSDT"
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(_collect, tickhub.client, url, 2, received, started=started))
-            await started.wait()
-            assert (await tickhub.post_ticks(live)).status_code == 202
+    received = await _listen_while_posting(tickhub, "/realtime/ticks?symbol=SMAUSDT", 2, live)
     last = [e.json() for e in received if e.event == "message"][-1]
     assert last["candle1m"]["bucket_start"] == base + 12 * 60
     closes = [100 + m for m in range(3, 11)] + [500, 150]
@@ -106,15 +97,9 @@ async def test_sma10_of_a_flush_over_two_minutes_uses_the_close_it_just_changed(
 
 
 async def test_resume_after_last_event_id_has_no_gap_and_no_repeat(tickhub):
-    first = []
-    started = trio.Event()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                partial(_collect, tickhub.client, "/realtime/ticks", 10, first, started=started)
-            )
-            await started.wait()
-            await tickhub.post_ticks(ticks("BTCUSDT", 10, start=NOW))
+    first = await _listen_while_posting(
+        tickhub, "/realtime/ticks", 10, ticks("BTCUSDT", 10, start=NOW)
+    )
     seen = [e for e in first if e.event == "message"]
     assert len(seen) == 10
     # While disconnected, more events happen.
@@ -147,24 +132,8 @@ async def test_stale_last_event_id_gets_reset(tickhub):
 
 
 async def test_symbol_filter_only_delivers_that_symbol(tickhub):
-    received = []
-    started = trio.Event()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                partial(
-                    _collect,
-                    tickhub.client,
-                    "/realtime/ticks?symbols=ETHUSDT",
-                    3,
-                    received,
-                    started=started,
-                )
-            )
-            await started.wait()
-            await tickhub.post_ticks(
-                ticks("BTCUSDT", 5, start=NOW) + ticks("ETHUSDT", 3, start=NOW)
-            )
+    items = ticks("BTCUSDT", 5, start=NOW) + ticks("ETHUSDT", 3, start=NOW)
+    received = await _listen_while_posting(tickhub, "/realtime/ticks?symbols=ETHUSDT", 3, items)
     assert {e.json()["symbol"] for e in received if e.event == "message"} == {"ETHUSDT"}
 
 
