@@ -1,7 +1,8 @@
 """The gateway role's live stream, `GET /realtime/ticks`: one subscriber per connection.
 
 The response never times out while the client is connected; when the client goes away the
-response task is cancelled and the `finally` below removes its subscriber at once.
+response task is cancelled and the `finally` below removes its subscriber at once. The
+subscriber exists only while the body runs, so a client gone before then leaves nothing.
 """
 
 from __future__ import annotations
@@ -69,12 +70,15 @@ def make_blueprint() -> Blueprint:
             raise ApiError(
                 429, "too many stream connections from this client", headers={"Retry-After": "5"}
             )
-        svc.streams[client] = svc.streams.get(client, 0) + 1
-        subscriber = hub.subscribe(symbols, _last_event_id())
+        last_id = _last_event_id()
         keepalive_s = svc.settings.sse_keepalive_ms / 1000
         hello = hello_frame(int(time.time() * 1000), symbols)
 
         async def body() -> AsyncIterator[bytes]:
+            # Subscribed and counted only once the body runs: the client may be gone before
+            # quart starts sending, and then this generator never starts (nor ends).
+            svc.streams[client] = svc.streams.get(client, 0) + 1
+            subscriber = hub.subscribe(symbols, last_id)
             try:
                 async for chunk in subscriber.frames(hello, keepalive_s):
                     yield chunk
