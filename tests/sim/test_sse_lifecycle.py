@@ -66,3 +66,33 @@ async def test_a_client_gone_before_the_response_starts_leaves_no_subscriber():
             assert svc.hub.clients == 0, started
             assert svc.streams == {}, started
         nursery.cancel_scope.cancel()
+
+
+async def test_an_event_published_as_the_head_goes_out_reaches_the_client():
+    """A browser treats the stream as open once the head arrives: what is published from
+    then on must reach it, even before the body has begun."""
+    async with trio.open_nursery() as nursery:
+        svc = await _services(nursery)
+        app = FinishResponses(create_app(svc))
+        body = bytearray()
+        got_it = trio.Event()
+
+        async def receive() -> dict:
+            await trio.sleep_forever()
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                svc.hub.publish("BTCUSDT", [b'{"marker":1}'])
+            else:
+                body.extend(message.get("body", b""))
+                if b'"marker":1' in body:
+                    got_it.set()
+
+        with trio.move_on_after(2):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(app, _scope(), receive, send)
+                await got_it.wait()
+                inner.cancel_scope.cancel()
+        assert got_it.is_set()
+        assert svc.hub.clients == 0
+        nursery.cancel_scope.cancel()

@@ -13,6 +13,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from tickhub.http import api, errors, limits, openapi, ops, sse, ui
+from tickhub.http.app_hooks import run_request_end
 from tickhub.http.services import Services
 
 ROLE_ROUTES = {
@@ -88,7 +89,8 @@ def hypercorn_config(host: str, port: int, idle_timeout_s: float) -> Config:
 
 
 class FinishResponses:
-    """ASGI wrapper: the last message of a response is sent shielded from cancellation.
+    """ASGI wrapper: the last message of a response is sent shielded from cancellation, and
+    the request's end hooks (`app_hooks.on_request_end`) run when its call ends.
 
     hypercorn closes a connection that must close (for instance after answering a request
     whose body never arrived) from inside that send, in the request's task; quart-trio
@@ -107,7 +109,13 @@ class FinishResponses:
             else:
                 await send(message)
 
-        await self.app(scope, receive, send_last_shielded if scope["type"] == "http" else send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send_last_shielded)
+        finally:
+            run_request_end(scope)
 
 
 async def serve_app(

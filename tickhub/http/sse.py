@@ -1,8 +1,8 @@
 """The gateway role's live stream, `GET /realtime/ticks`: one subscriber per connection.
 
 The response never times out while the client is connected; when the client goes away the
-response task is cancelled and the `finally` below removes its subscriber at once. The
-subscriber exists only while the body runs, so a client gone before then leaves nothing.
+response task is cancelled and the `finally` below removes its subscriber at once; a client
+gone before the body even started is released when its request ends (`on_request_end`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from quart_schema import document, tag
 from tickhub.actors.hub import hello_frame
 from tickhub.http import auth
 from tickhub.http import openapi as doc
+from tickhub.http.app_hooks import on_request_end
 from tickhub.http.errors import ApiError
 from tickhub.http.limits import client_id, enforce
 from tickhub.http.services import services
@@ -70,23 +71,30 @@ def make_blueprint() -> Blueprint:
             raise ApiError(
                 429, "too many stream connections from this client", headers={"Retry-After": "5"}
             )
-        last_id = _last_event_id()
+        svc.streams[client] = svc.streams.get(client, 0) + 1
+        subscriber = hub.subscribe(symbols, _last_event_id())  # before the head: no gap
         keepalive_s = svc.settings.sse_keepalive_ms / 1000
         hello = hello_frame(int(time.time() * 1000), symbols)
+        released = False
 
-        async def body() -> AsyncIterator[bytes]:
-            # Subscribed and counted only once the body runs: the client may be gone before
-            # quart starts sending, and then this generator never starts (nor ends).
-            svc.streams[client] = svc.streams.get(client, 0) + 1
-            subscriber = hub.subscribe(symbols, last_id)
-            try:
-                async for chunk in subscriber.frames(hello, keepalive_s):
-                    yield chunk
-            finally:
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
                 hub.unsubscribe(subscriber)
                 svc.streams[client] -= 1
                 if not svc.streams[client]:
                     del svc.streams[client]
+
+        # Also when the client is gone before quart starts the body (then it never runs).
+        on_request_end(release)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in subscriber.frames(hello, keepalive_s):
+                    yield chunk
+            finally:
+                release()
 
         response = Response(body(), content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
