@@ -188,10 +188,11 @@ async def _reply(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
         if symbol in replied or symbol not in by_symbol:
             continue
         replied.add(symbol)
+        reply = FlushOutcome(by_symbol[symbol])
         try:
             try:
-                request.reply.send_nowait(FlushOutcome(by_symbol[symbol]))
+                request.reply.send_nowait(reply)
             except trio.WouldBlock:
-                await request.reply.send(FlushOutcome(by_symbol[symbol]))
+                await request.reply.send(reply)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             log.info("aggregator gone; live update skipped", symbol=symbol)
