@@ -119,15 +119,18 @@ def history(symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT"), seed: int = 6) ->
 
 
 def current_minute_ticks(symbol: str, prices: list[float], key: str) -> list[dict]:
-    """Ticks inside the current minute, up to now, in order; volumes 1, 2, 3, ..."""
+    """Ticks inside the current minute, up to now, in order, and later than those of any
+    earlier call (the page takes an older tick as late: it is not the last price); volumes
+    1, 2, 3, ..."""
     now = time.time()
     minute = math.floor(now / 60) * 60
-    span = now - minute
+    n = len(prices)
+    spread = min(0.001, (now - minute) / (n + 1))  # 1 ms apart, all after the minute began
     return [
         {
             "symbol": symbol,
             "price": price,
-            "ts": minute + span * (i + 1) / (len(prices) + 1),
+            "ts": now - (n - i) * spread,
             "volume": i + 1,
             "idempotencyKey": f"{key}-{i}",
         }
