@@ -245,3 +245,18 @@ async def test_a_broken_merge_fails_the_property(db):
     quick = settings(SETTINGS, max_examples=3, phases=[Phase.generate])
     with pytest.raises(AssertionError):
         await trio.to_thread.run_sync(run_property, tick_sets, body, quick)
+
+
+async def test_without_raw_audit_the_same_ticks_are_stored_and_nothing_audited(db):
+    """RAW_AUDIT=0 drops the audit insert from the flush statement, nothing else."""
+    await reset(db)
+    part = TickColumns(
+        "BTCUSDT", "t", 1_700_000_000_000_000, ["a", "b", "a"],
+        [1_700_000_000_000_000, 1_700_000_001_000_000, 1_700_000_000_000_000],
+        [10.0, 11.0, 10.0], [1.0, 2.0, 1.0],
+    )  # fmt: skip
+    outcome = await TickStore(db, raw_audit=False).write([part])
+    assert [(t.key, t.close, t.count) for t in outcome.ticks] == [("a", 11.0, 2), ("b", 11.0, 2)]
+    assert await db.fetchval("SELECT count(*) FROM ticks_history") == 2
+    assert await db.fetchval("SELECT count(*) FROM ticks_raw") == 0
+    assert await differences(db) == []
