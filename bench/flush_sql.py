@@ -24,7 +24,8 @@ import asyncpg
 
 from bench.common import RESULTS_DIR, SYMBOLS, append_row, machine, now_stamp, run_bench
 from tickhub.actors.messages import TickColumns
-from tickhub.sql.db import open_bridge, open_database
+from tickhub.bridge import open_bridge
+from tickhub.sql.db import open_database
 from tickhub.sql.embedded import EmbeddedPostgres
 from tickhub.sql.migrate import migrate_up
 from tickhub.sql.store import TickStore, flush_arguments, flush_statement

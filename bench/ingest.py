@@ -31,8 +31,9 @@ import trio
 
 from bench.common import UNLIMITED, run_bench
 from bench.flush_sql import parts_for
+from tickhub.bridge import open_bridge
 from tickhub.logs import configure_logging
-from tickhub.sql.db import open_bridge, open_database
+from tickhub.sql.db import open_database
 from tickhub.sql.embedded import EmbeddedPostgres, free_port
 from tickhub.sql.migrate import migrate_up
 from tickhub.sql.store import TickStore

@@ -18,9 +18,10 @@ import httpx
 import pytest
 import trio
 
+from tickhub.bridge import open_bridge
 from tickhub.config import Settings, load_settings
 from tickhub.logs import configure_logging
-from tickhub.sql.db import Database, open_bridge, open_database
+from tickhub.sql.db import Database, open_database
 from tickhub.sql.embedded import EmbeddedPostgres
 from tickhub.sql.migrate import migrate_up
 

@@ -58,7 +58,8 @@ def spawn(process_env, tmp_path):
 @pytest.fixture
 def db_sync(pg_url):
     """Synchronous access to the test database for process tests (own trio run per call)."""
-    from tickhub.sql.db import open_bridge, open_database
+    from tickhub.bridge import open_bridge
+    from tickhub.sql.db import open_database
     from tickhub.sql.migrate import migrate_up
 
     async def run(work):

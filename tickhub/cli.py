@@ -133,11 +133,10 @@ def _with_db(work: Any) -> Any:
     settings, embedded = _with_embedded_postgres(settings)
 
     async def main_() -> Any:
-        import trio_asyncio
-
+        from tickhub.bridge import open_bridge
         from tickhub.sql.db import open_database
 
-        async with trio_asyncio.open_loop(), open_database(settings.database_url) as db:
+        async with open_bridge(), open_database(settings.database_url) as db:
             return await work(db)
 
     try:

@@ -102,7 +102,8 @@ class Server:
 
 
 def reset_database(pg_url: str) -> None:
-    from tickhub.sql.db import open_bridge, open_database
+    from tickhub.bridge import open_bridge
+    from tickhub.sql.db import open_database
     from tickhub.sql.migrate import migrate_up
 
     async def reset() -> None:

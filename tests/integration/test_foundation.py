@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from tests.conftest import tickhub_command
-from tickhub.sql.db import DatabaseUnavailable, open_bridge, open_database
+from tickhub.bridge import open_bridge
+from tickhub.sql.db import DatabaseUnavailable, open_database
 from tickhub.sql.embedded import EmbeddedPostgres
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import trio
 
 from tests.conftest import psql
-from tickhub.sql.db import open_bridge, open_database
+from tickhub.bridge import open_bridge
+from tickhub.sql.db import open_database
 from tickhub.sql.migrate import load_migrations, migrate_down, migrate_up, migration_status
 
 

@@ -142,7 +142,8 @@ def seed(url: str) -> None:
 def live(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import trio
 
-    from tickhub.sql.db import open_bridge, open_database
+    from tickhub.bridge import open_bridge
+    from tickhub.sql.db import open_database
     from tickhub.sql.migrate import migrate_up
 
     async def reset() -> None:

@@ -1,23 +1,27 @@
 """The PostgreSQL adapter: an asyncpg pool driven from trio through the process's one
-trio-asyncio loop.
+trio-asyncio loop (`tickhub.bridge`).
 
-Every method crosses the trio → asyncio bridge once. Work that needs several statements (a
-flush, a migration) is an asyncio coroutine function handed to `run()` or `transaction()`,
-which run it on one pooled connection inside a single bridged call. `sslmode` in
-DATABASE_URL is honoured by asyncpg itself (Render's external URLs need `sslmode=require`).
+Every method crosses the trio → asyncio bridge once, with a deadline (`timeout_s`, DB_TIMEOUT_MS
+by default): a database that stopped answering turns into `DatabaseUnavailable` in bounded
+time, never a hang. Work that needs several statements (a flush, a migration) is an asyncio
+coroutine function handed to `run()` or `transaction()`, which run it on one pooled connection
+inside a single bridged call. `sslmode` in DATABASE_URL is honoured by asyncpg itself
+(Render's external URLs need `sslmode=require`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
 import attrs
 import structlog
 import trio
-import trio_asyncio
+
+from tickhub.bridge import BridgeTimeout, call_aio
 
 log = structlog.get_logger(actor="db")
 
@@ -33,12 +37,19 @@ UNAVAILABLE = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
     ConnectionError,
-    TimeoutError,
+    TimeoutError,  # BridgeTimeout included: no answer within the deadline
 )
+# Errors where the database refused the data itself (class 22 data exception, class 23
+# integrity violation): retrying the same rows cannot succeed.
+DATA_FAULTS = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 
 
 class DatabaseUnavailable(RuntimeError):
     """Postgres could not be reached; the caller answers 503 and the client retries."""
+
+
+class CommitRefused(RuntimeError):
+    """A transaction was rolled back because its `commit_if` said no."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -51,27 +62,42 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 @attrs.define
 class Database:
     pool: asyncpg.Pool
+    timeout_s: float = 5.0  # the deadline of a call that names none
 
-    async def run(self, work: Work[T], *args: Any) -> T:
+    async def run(self, work: Work[T], *args: Any, timeout_s: float | None = None) -> T:
         """Run `work(conn, *args)` (an asyncio coroutine function) on one pooled connection."""
 
         async def unit() -> T:
             async with self.pool.acquire() as conn:
                 return await work(conn, *args)
 
-        return await self._bridge(unit)
+        return await self._bridge(unit, timeout_s=timeout_s)
 
-    async def transaction(self, work: Work[T], *args: Any) -> T:
-        """Like `run()`, inside one transaction."""
+    async def transaction(
+        self,
+        work: Work[T],
+        *args: Any,
+        timeout_s: float | None = None,
+        commit_if: Callable[[], bool] | None = None,
+    ) -> T:
+        """Like `run()`, inside one transaction. With `commit_if`, the transaction commits
+        only if it answers True once the work is done; otherwise it rolls back and this
+        raises CommitRefused. The decision is ours, so a work that ran late is never stored
+        behind its caller's back: the server cannot commit what it was never told to."""
 
         async def unit() -> T:
             async with self.pool.acquire() as conn, conn.transaction():
-                return await work(conn, *args)
+                result = await work(conn, *args)
+                if commit_if is not None and not commit_if():
+                    raise CommitRefused("the commit was no longer wanted")
+                return result
 
-        return await self._bridge(unit)
+        return await self._bridge(unit, timeout_s=timeout_s)
 
-    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        return await self._bridge(self.pool.fetch, sql, *args)
+    async def fetch(
+        self, sql: str, *args: Any, timeout_s: float | None = None
+    ) -> list[asyncpg.Record]:
+        return await self._bridge(self.pool.fetch, sql, *args, timeout_s=timeout_s)
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         return await self._bridge(self.pool.fetchrow, sql, *args)
@@ -82,53 +108,43 @@ class Database:
     async def execute(self, sql: str, *args: Any) -> str:
         return await self._bridge(self.pool.execute, sql, *args)
 
-    async def copy_records(self, table: str, records: list[tuple], columns: list[str]) -> None:
-        async def unit(conn: asyncpg.Connection) -> None:
-            await conn.copy_records_to_table(table, records=records, columns=columns)
-
-        await self.run(unit)
-
     async def ping(self, timeout_s: float = 2.0) -> bool:
-        with trio.move_on_after(timeout_s):
-            try:
-                return await self.fetchval("SELECT 1") == 1
-            except DatabaseUnavailable:
-                return False
-        return False
-
-    async def _bridge(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
-            return await trio_asyncio.aio_as_trio(fn)(*args)
+            return await self._bridge(self.pool.fetchval, "SELECT 1", timeout_s=timeout_s) == 1
+        except DatabaseUnavailable:
+            return False
+
+    async def _bridge(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float | None = None
+    ) -> T:
+        try:
+            timeout = self.timeout_s if timeout_s is None else timeout_s
+            return await call_aio(fn, *args, timeout_s=timeout)
         except UNAVAILABLE as exc:
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 @asynccontextmanager
-async def open_bridge() -> AsyncIterator[None]:
-    """The process's one trio-asyncio loop: opened here, or the one already open above us."""
-    if trio_asyncio.current_loop.get() is not None:
-        yield
-        return
-    async with trio_asyncio.open_loop():
-        yield
-
-
-@asynccontextmanager
 async def open_database(
-    url: str, *, max_size: int = 8, connect_timeout_s: float = 30.0
+    url: str, *, max_size: int = 8, connect_timeout_s: float = 30.0, timeout_s: float = 5.0
 ) -> AsyncIterator[Database]:
-    """Open a pool (inside `trio_asyncio.open_loop()`), waiting for Postgres to come up."""
+    """Open a pool (inside `bridge.open_bridge()`), waiting for Postgres to come up; every
+    call then has a deadline of `timeout_s` unless it names its own."""
     deadline = trio.current_time() + connect_timeout_s
     delay = 0.1
     while True:
         try:
-            pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
-                url,
-                min_size=1,
-                max_size=max_size,
-                init=_init_connection,
-                command_timeout=60,
-                max_inactive_connection_lifetime=300,
+            pool = await call_aio(
+                partial(
+                    asyncpg.create_pool,
+                    url,
+                    min_size=1,
+                    max_size=max_size,
+                    init=_init_connection,
+                    command_timeout=60,
+                    max_inactive_connection_lifetime=300,
+                ),
+                timeout_s=connect_timeout_s,
             )
             break
         except UNAVAILABLE as exc:
@@ -138,8 +154,10 @@ async def open_database(
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
     try:
-        yield Database(pool)
+        yield Database(pool, timeout_s)
     finally:
-        with trio.move_on_after(5) as cleanup:
-            cleanup.shield = True
-            await trio_asyncio.aio_as_trio(pool.close)()
+        with trio.CancelScope(shield=True):
+            try:
+                await call_aio(pool.close, timeout_s=5)
+            except BridgeTimeout:
+                pool.terminate()  # a server that does not answer is not waited for

@@ -16,6 +16,8 @@ from tickhub.sql.db import Database
 
 # Any constant shared by every tickhub process; the value spells "tickhub" in ASCII.
 LOCK_KEY = 0x7469636B687562
+# A migration may rewrite large tables: its deadline is generous, but a deadline still.
+TIMEOUT_S = 3600.0
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
 
 
@@ -84,7 +86,7 @@ async def migrate_up(db: Database) -> list[str]:
             applied.append(f"{m.version:04d}_{m.name}")
         return applied
 
-    return await db.run(_locked, body)
+    return await db.run(_locked, body, timeout_s=TIMEOUT_S)
 
 
 async def migrate_down(db: Database, steps: int = 1) -> list[str]:
@@ -104,7 +106,7 @@ async def migrate_down(db: Database, steps: int = 1) -> list[str]:
             reverted.append(f"{m.version:04d}_{m.name}")
         return reverted
 
-    return await db.run(_locked, body)
+    return await db.run(_locked, body, timeout_s=TIMEOUT_S)
 
 
 async def migration_status(db: Database) -> list[tuple[str, bool]]:

@@ -1,0 +1,63 @@
+"""The process's one bridge to asyncio: asyncpg and redis-py's asyncio client run on a
+trio-asyncio loop opened once at the top of the process, and every call crosses it here.
+
+Every call has a deadline. When it passes (or the trio side is cancelled), the asyncio task
+is cancelled and left to unwind on its own instead of being waited for: a server that stopped
+answering (SIGSTOP, a dead host) keeps its client's cleanup waiting too — asyncpg sends a
+cancel request that is never answered — and waiting for that would hang the caller for as
+long as the server is away. The abandoned task ends once the server answers or its socket
+times out; the pool's size bounds how many there can be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+import trio_asyncio
+
+T = TypeVar("T")
+
+
+class BridgeTimeout(TimeoutError):
+    """The asyncio call did not finish within its deadline (the server is slow or away)."""
+
+
+@asynccontextmanager
+async def open_bridge() -> AsyncIterator[None]:
+    """The process's one trio-asyncio loop: opened here, or the one already open above us."""
+    if trio_asyncio.current_loop.get() is not None:
+        yield
+        return
+    async with trio_asyncio.open_loop():
+        yield
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    # An abandoned task's outcome is nobody's business any more; fetching it keeps asyncio
+    # from logging "exception was never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+async def call_aio(fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float) -> T:
+    """`await fn(*args)` on the bridge's loop, for at most `timeout_s` seconds."""
+    loop = trio_asyncio.current_loop.get()
+    if loop is None:
+        raise RuntimeError("no asyncio bridge: call inside open_bridge()")
+    future = asyncio.ensure_future(fn(*args), loop=loop)
+    done = trio.Event()
+    future.add_done_callback(lambda _: done.set())
+    try:
+        with trio.move_on_after(timeout_s) as waited:
+            await done.wait()
+    finally:
+        if not future.done():
+            future.cancel()
+            future.add_done_callback(_retrieve)
+    if waited.cancelled_caught:
+        raise BridgeTimeout(f"no answer within {timeout_s:g} s")
+    return future.result()
