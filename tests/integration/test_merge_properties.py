@@ -117,7 +117,7 @@ async def reset(db: Database) -> None:
 async def write_all(db: Database, flushes: Sequence[Sequence[Tick]]) -> list[int]:
     """Write each flush in order; how many new ticks each one stored."""
     store = TickStore(db)
-    return [len((await store.write(parts_of(flush))).ticks) for flush in flushes]
+    return [len(await store.write(parts_of(flush))) for flush in flushes]
 
 
 async def state(db: Database) -> dict[str, list[tuple]]:
@@ -255,8 +255,8 @@ async def test_without_raw_audit_the_same_ticks_are_stored_and_nothing_audited(d
         [1_700_000_000_000_000, 1_700_000_001_000_000, 1_700_000_000_000_000],
         [10.0, 11.0, 10.0], [1.0, 2.0, 1.0],
     )  # fmt: skip
-    outcome = await TickStore(db, raw_audit=False).write([part])
-    assert [(t.key, t.close, t.count) for t in outcome.ticks] == [("a", 11.0, 2), ("b", 11.0, 2)]
+    stored = await TickStore(db, raw_audit=False).write([part])
+    assert [(t.key, t.close, t.count) for t in stored] == [("a", 11.0, 2), ("b", 11.0, 2)]
     assert await db.fetchval("SELECT count(*) FROM ticks_history") == 2
     assert await db.fetchval("SELECT count(*) FROM ticks_raw") == 0
     assert await differences(db) == []

@@ -1,6 +1,7 @@
 """The pipeline's actors wired with an in-memory store under the mock clock: an aggregator
 that crashes is restarted and loses no acknowledged tick; overload is backpressure, then a
-clear refusal; a graceful close flushes everything admitted."""
+clear refusal; a graceful close flushes everything admitted; idle aggregators stop, and no
+more than the cap run at once, however many symbols come."""
 
 from __future__ import annotations
 
@@ -91,3 +92,48 @@ async def test_close_flushes_everything_admitted(autojump_clock):
         nursery.cancel_scope.cancel()
     assert len(store.seen) == 40
     assert len(hub.events) == 40
+
+
+async def test_an_idle_aggregator_stops_and_its_symbol_starts_a_new_one(autojump_clock):
+    store, hub = FakeStore(), FlakyHub()
+    async with trio.open_nursery() as nursery:
+        pipeline = await open_pipeline(nursery, store, hub, aggregator_idle_s=60)
+        receipt = await pipeline.submit([part("BTC", 3, "a")], 3)
+        await receipt.done.wait()
+        assert "aggregator:BTC" in pipeline.supervisor.actors
+        await trio.sleep(61)
+        assert pipeline.symbols == [] and "aggregator:BTC" not in pipeline.supervisor.actors
+        again = await pipeline.submit([part("BTC", 3, "b")], 3)
+        await again.done.wait()
+        assert pipeline.symbols == ["BTC"]
+        nursery.cancel_scope.cancel()
+    assert again.accepted == 3 and len(hub.events) == 6
+
+
+async def test_a_busy_aggregator_is_not_stopped_however_long_its_flush(autojump_clock):
+    store, hub = FakeStore(delay=300), FlakyHub()
+    async with trio.open_nursery() as nursery:
+        pipeline = await open_pipeline(nursery, store, hub, aggregator_idle_s=60)
+        receipt = await pipeline.submit([part("BTC", 3)], 3)
+        await trio.sleep(200)
+        assert pipeline.symbols == ["BTC"]  # its write is in flight: it waits for it
+        await receipt.done.wait()
+        await trio.sleep(1)  # the live events follow the commit
+        nursery.cancel_scope.cancel()
+    assert receipt.accepted == 3 and len(hub.events) == 3  # the events were published
+
+
+async def test_new_symbols_beyond_the_cap_retire_the_least_recently_busy(autojump_clock):
+    store, hub = FakeStore(), FlakyHub()
+    async with trio.open_nursery() as nursery:
+        pipeline = await open_pipeline(nursery, store, hub, max_aggregators=3)
+        for symbol in ("A", "B", "C", "A", "D", "E"):
+            receipt = await pipeline.submit([part(symbol, 1, symbol + str(trio.current_time()))], 1)
+            await receipt.done.wait()
+            await trio.sleep(1)
+            assert len(pipeline.symbols) <= 3
+            running = [n for n in pipeline.supervisor.actors if n.startswith("aggregator:")]
+            assert len(running) <= 3
+        assert pipeline.symbols == ["A", "D", "E"]  # B then C went, A was used again
+        nursery.cancel_scope.cancel()
+    assert len(hub.events) == 6

@@ -3,15 +3,17 @@ the BATCH_MAX cap, the BATCH_FLUSH_MS bound, whole batches, and failed flushes."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import attrs
 import pytest
 import trio
 
 from tickhub.actors.messages import (
-    FlushOutcome,
+    Expired,
     Receipt,
+    Rejected,
     StoredTick,
     TickColumns,
     WriteRequest,
@@ -22,18 +24,26 @@ from tickhub.actors.writer import Writer
 
 @attrs.define
 class FakeStore:
-    """Records each flush (time, rows); takes `delay` seconds; fails while `down`."""
+    """Records each flush (time, rows); takes `delay` seconds; fails while `down`; refuses
+    (like Postgres refusing a value) any flush holding a symbol in `refuse`."""
 
     delay: float = 0.0
     down: bool = False
+    refuse: set[str] = attrs.field(factory=set)
     flushes: list[tuple[float, int]] = attrs.field(factory=list)
     seen: set = attrs.field(factory=set)
 
-    async def write(self, parts: Sequence[TickColumns]) -> FlushOutcome:
+    async def write(
+        self, parts: Sequence[TickColumns], may_commit: Callable[[], bool]
+    ) -> list[StoredTick]:
         start = trio.current_time()
         await trio.sleep(self.delay)
         if self.down:
             raise ConnectionError("postgres is down")
+        if self.refuse & {p.symbol for p in parts}:
+            raise Rejected("numeric field overflow")
+        if not may_commit():
+            raise Expired("rolled back")
         self.flushes.append((start, sum(len(p) for p in parts)))
         ticks = []
         for p in parts:
@@ -42,7 +52,7 @@ class FakeStore:
                     self.seen.add((p.symbol, key))
                     candle = (ts // 60_000_000 * 60, 1.0, 1.0, 1.0, 1.0, 1.0, 1, None)
                     ticks.append(StoredTick(p.symbol, key, ts, 1.0, 1.0, *candle))
-        return FlushOutcome(ticks)
+        return ticks
 
 
 def part(symbol: str, n: int, tag: str = "") -> TickColumns:
@@ -58,8 +68,8 @@ class Harness:
     reply_rx: trio.MemoryReceiveChannel
     reply_tx: trio.MemorySendChannel
 
-    async def send(self, *parts: TickColumns) -> Receipt:
-        receipt = Receipt(len(parts), sum(len(p) for p in parts))
+    async def send(self, *parts: TickColumns, deadline: float = math.inf) -> Receipt:
+        receipt = Receipt(len(parts), sum(len(p) for p in parts), deadline=deadline)
         for p in parts:
             await self.tx.send(WriteRequest(p, receipt, self.reply_tx))
         return receipt
@@ -175,3 +185,80 @@ async def test_closing_the_mailbox_flushes_everything_then_stops(autojump_clock)
         await h.tx.aclose()
     assert all(r.done.is_set() and not r.failed for r in receipts)
     assert sum(rows for _, rows in store.flushes) == 15
+
+
+async def test_a_refused_batch_fails_alone_and_its_flush_mates_are_stored(autojump_clock):
+    store = FakeStore(delay=1.0, refuse={"BAD"})
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2)
+        first = await h.send(part("A", 1, "first"))  # the idle flush; the rest gather
+        await trio.sleep(0.1)
+        honest = [await h.send(part("A", 1, f"h{i}-")) for i in range(3)]
+        poison = await h.send(part("BAD", 1), part("A", 1, "with-bad"))
+        more = [await h.send(part("B", 1, f"m{i}-")) for i in range(3)]
+        for receipt in [first, *honest, poison, *more]:
+            await receipt.done.wait()
+        nursery.cancel_scope.cancel()
+    assert isinstance(poison.error, Rejected)
+    assert all(not r.failed and r.accepted == 1 for r in [first, *honest, *more])
+    assert ("A", "with-bad0") not in store.seen  # nothing of the refused batch
+    # The first alone; the seven that gathered behind it were refused together, then each
+    # was flushed alone: six stored, the refused one failed.
+    assert [rows for _, rows in store.flushes] == [1, 1, 1, 1, 1, 1, 1]
+
+
+async def test_a_batch_past_its_deadline_is_dropped_unflushed(autojump_clock):
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store)
+        first = await h.send(part("A", 1, "a"))
+        await trio.sleep(0.1)  # the first flush is running
+        late = await h.send(part("A", 1, "b"), deadline=0.5)  # waits behind it
+        await late.done.wait()
+        await first.done.wait()
+        nursery.cancel_scope.cancel()
+    assert isinstance(late.error, Expired) and not first.failed
+    assert store.flushes == [(0.0, 1)]
+
+
+async def test_a_flush_still_running_at_its_cutoff_rolls_back(autojump_clock):
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store)
+        receipt = await h.send(part("A", 1), deadline=0.5)
+        await receipt.done.wait()
+        nursery.cancel_scope.cancel()
+    assert isinstance(receipt.error, Expired) and not receipt.committing
+    assert store.seen == set()  # rolled back: nothing stored behind the webhook's back
+    assert trio.current_time() == pytest.approx(1.0)
+
+
+async def test_a_hung_store_fails_the_flush_after_the_timeout(autojump_clock):
+    store = FakeStore(delay=1000)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, timeout_s=5)
+        receipt = await h.send(part("A", 1))
+        await receipt.done.wait()
+        assert isinstance(receipt.error, trio.TooSlowError)
+        assert trio.current_time() == pytest.approx(5.0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_every_aggregator_gets_an_answer_for_each_flush(autojump_clock):
+    """Also when the flush failed or held only duplicates: an aggregator counts what it has
+    in flight by these answers (it may only be retired with none)."""
+    store = FakeStore(refuse={"BAD"})
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store)
+        # One flush each: the second holds only duplicates, the third is refused.
+        for parts in (part("A", 2), part("A", 2), part("BAD", 1)):
+            receipt = await h.send(parts)
+            await receipt.done.wait()
+        nursery.cancel_scope.cancel()
+    answers = []
+    while True:
+        try:
+            answers.append(h.reply_rx.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert [(len(a.ticks), a.answered) for a in answers] == [(2, 1), (0, 1), (0, 1)]

@@ -8,10 +8,17 @@ from the rows the insert returned — only that way can a duplicate never count 
 
 Two loops run side by side so that a reply from the writer is always taken even while the
 aggregator waits for room in the writer's mailbox (no cycle of full channels).
+
+A symbol's state lives in Postgres, so an aggregator is cheap to stop and start again: one
+that has had nothing to do for `idle_s` asks its pipeline to retire it (granted only while
+nothing waits in its mailbox and no write of its is in flight), and the pipeline retires the
+least recently busy idle one to make room for a new symbol. Memory then follows the symbols
+trading now, not every symbol ever seen.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -19,7 +26,7 @@ import orjson
 import structlog
 import trio
 
-from tickhub.actors.messages import FlushOutcome, TickColumns, WriteRequest
+from tickhub.actors.messages import StoredTick, TickColumns, WriteRequest
 from tickhub.actors.supervisor import ActorHealth
 
 log = structlog.get_logger(actor="aggregator")
@@ -46,7 +53,7 @@ def ordered(ticks: TickColumns) -> TickColumns:
     )
 
 
-def live_events(symbol: str, outcome: FlushOutcome) -> list[bytes]:
+def live_events(symbol: str, ticks: list[StoredTick]) -> list[bytes]:
     """One event per stored tick, carrying its candle and SMA10 as stored after the flush."""
     return [
         orjson.dumps(
@@ -67,8 +74,26 @@ def live_events(symbol: str, outcome: FlushOutcome) -> list[bytes]:
                 },
             }
         )
-        for tick in sorted(outcome.ticks, key=lambda t: (t.ts_us, t.key))
+        for tick in sorted(ticks, key=lambda t: (t.ts_us, t.key))
     ]
+
+
+@attrs.define(eq=False)
+class Load:
+    """What an aggregator has in flight, shared with its pipeline (which decides retirement)
+    and with every incarnation of the actor."""
+
+    in_flight: int = 0  # write requests sent to the writer and not yet answered
+    idle: trio.Event = attrs.field(factory=trio.Event)  # set whenever in_flight drops to 0
+
+    def sent(self) -> None:
+        self.in_flight += 1
+
+    def answered(self, count: int) -> None:
+        self.in_flight -= count
+        if self.in_flight == 0:
+            self.idle.set()
+            self.idle = trio.Event()
 
 
 @attrs.define
@@ -80,6 +105,10 @@ class Aggregator:
     stored_tx: trio.MemorySendChannel  # handed to the writer as the reply address
     publisher: Publisher
     health: ActorHealth
+    load: Load = attrs.field(factory=Load)
+    idle_s: float = float("inf")
+    # The pipeline's consent to stop: True once it has closed this symbol's mailbox.
+    retire: Callable[[], bool] = lambda: False
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -89,11 +118,22 @@ class Aggregator:
 
     async def _forward_loop(self) -> None:
         async with self.rx, self.writer_tx:
-            async for batch in self.rx:
+            while True:
+                with trio.move_on_after(self.idle_s) as idle:
+                    try:
+                        batch = await self.rx.receive()
+                    except trio.EndOfChannel:
+                        return
+                if idle.cancelled_caught:
+                    if self.load.in_flight == 0 and self.retire():
+                        return
+                    continue
                 try:
                     request = WriteRequest(ordered(batch.ticks), batch.receipt, self.stored_tx)
+                    self.load.sent()
                     await self.writer_tx.send(request)
                 except BaseException as exc:
+                    self.load.answered(1)  # never reached the writer
                     batch.receipt.fail(exc)  # its webhook answers 503; nothing was stored
                     raise
                 self.health.touch()
@@ -101,5 +141,9 @@ class Aggregator:
     async def _publish_loop(self) -> None:
         async with self.stored_rx:
             async for outcome in self.stored_rx:
-                await self.publisher.publish(self.symbol, live_events(self.symbol, outcome))
+                if outcome.ticks:
+                    events = live_events(self.symbol, outcome.ticks)
+                    await self.publisher.publish(self.symbol, events)
+                # Only now: a successor for this symbol must not publish before we have.
+                self.load.answered(outcome.answered)
                 self.health.touch()

@@ -5,7 +5,11 @@
 - `StreamIngest` (api alone): appended to the Redis ticks stream as one entry; durable once
   XADD succeeded. Duplicates are found later, in storage, so `duplicates` is 0 at ack time.
 
-Either raises `IngestUnavailable` when the batch was not taken; nothing of it is stored then.
+Either answers by the batch's deadline (the webhook's arrival + INGEST_TIMEOUT_MS). It raises
+`IngestUnavailable` when the batch was not made durable — nothing of it is stored then (a
+flush still running at the deadline rolls back), except when the database stopped answering
+in the middle of the commit itself: then it may be stored, and re-sending is safe (every
+tick is deduplicated) — and `IngestRejected` when the store refused the batch's data.
 """
 
 from __future__ import annotations
@@ -13,14 +17,22 @@ from __future__ import annotations
 from typing import Protocol
 
 import attrs
+import trio
 
-from tickhub.actors.messages import TickBatch
+from tickhub.actors.messages import Rejected, TickBatch
 from tickhub.actors.pipeline import Overloaded, Pipeline
 from tickhub.streams import RedisLink, RedisUnavailable, encode_batch
+
+# How long a webhook whose flush is already committing at its deadline waits for the commit.
+COMMIT_GRACE_S = 1.0
 
 
 class IngestUnavailable(RuntimeError):
     """The batch was not taken (overload, storage or queue down): answer 503, store nothing."""
+
+
+class IngestRejected(ValueError):
+    """The store refused the batch's data: answer 422; nothing of it is stored."""
 
 
 @attrs.frozen
@@ -30,19 +42,34 @@ class IngestResult:
 
 
 class Ingest(Protocol):
-    async def ingest(self, batch: TickBatch) -> IngestResult: ...
+    async def ingest(self, batch: TickBatch, deadline: float) -> IngestResult:
+        """Make the batch durable by `deadline` (trio time), or raise."""
+        ...
 
 
 @attrs.frozen
 class LocalIngest:
     pipeline: Pipeline
 
-    async def ingest(self, batch: TickBatch) -> IngestResult:
+    async def ingest(self, batch: TickBatch, deadline: float) -> IngestResult:
         try:
-            receipt = await self.pipeline.submit(batch.parts, batch.items)
+            receipt = await self.pipeline.submit(batch.parts, batch.items, deadline)
         except Overloaded:
             raise IngestUnavailable("ingest is saturated; retry later") from None
-        await receipt.done.wait()
+        with trio.move_on_at(deadline):
+            await receipt.done.wait()
+        if receipt.withdraw():
+            raise IngestUnavailable("not committed in time; nothing of this batch was stored")
+        # Its flush is committing: the answer is the commit's, a moment away.
+        with trio.move_on_after(COMMIT_GRACE_S):
+            await receipt.done.wait()
+        if not receipt.done.is_set():
+            raise IngestUnavailable(
+                "the commit was not confirmed in time: the batch may be stored; "
+                "re-sending it is safe"
+            )
+        if isinstance(receipt.error, Rejected):
+            raise IngestRejected(str(receipt.error))
         if receipt.failed:
             raise IngestUnavailable("storage is unavailable; nothing of this batch was stored")
         return IngestResult(receipt.accepted, receipt.duplicates)
@@ -52,10 +79,15 @@ class LocalIngest:
 class StreamIngest:
     link: RedisLink
 
-    async def ingest(self, batch: TickBatch) -> IngestResult:
+    async def ingest(self, batch: TickBatch, deadline: float) -> IngestResult:
         received = batch.parts[0].received_us if batch.parts else 0
+        payload = encode_batch(batch.source, received, batch.parts)
+        left = max(deadline - trio.current_time(), 0.0)
         try:
-            await self.link.enqueue(encode_batch(batch.source, received, batch.parts))
+            await self.link.enqueue(payload, timeout_s=min(self.link.timeout_s, left))
         except RedisUnavailable:
-            raise IngestUnavailable("the queue is unavailable; nothing was stored") from None
+            raise IngestUnavailable(
+                "the queue is unavailable: the batch was not queued (or not confirmed); "
+                "re-sending it is safe"
+            ) from None
         return IngestResult(batch.items, 0)

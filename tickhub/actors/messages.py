@@ -4,11 +4,21 @@ one object per tick: a channel send costs microseconds, so the hot path moves li
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import attrs
 import trio
+
+
+class Rejected(Exception):
+    """The store refused a batch's data (a value it cannot hold): trying again cannot help,
+    so its client is told (422) instead of being asked to retry."""
+
+
+class Expired(Exception):
+    """A batch was not committed before its deadline (its webhook has answered 503)."""
 
 
 @attrs.frozen
@@ -58,9 +68,12 @@ class StoredTick(NamedTuple):
 
 @attrs.frozen
 class FlushOutcome:
-    """What one committed flush stored: the new ticks, each with the candle it touched."""
+    """What one flush did for one aggregator: the new ticks it stored, each with the candle it
+    touched (none when the flush failed or held only duplicates), and how many of that
+    aggregator's write requests it answers — so an aggregator knows when none is in flight."""
 
     ticks: list[StoredTick]
+    answered: int = 1
 
 
 @attrs.define(eq=False)
@@ -74,10 +87,14 @@ class Receipt:
     parts: int
     items: int
     on_done: Callable[[Receipt], None] = lambda r: None
+    # trio time by which the batch must be committed (its webhook's deadline); the writer
+    # drops it unflushed after that, and bounds the flush holding it by it.
+    deadline: float = math.inf
     accepted: int = 0
     duplicates: int = 0
     stored_parts: int = 0
     error: BaseException | None = None
+    committing: bool = False  # its flush decided to commit: the outcome is the commit's
     done: trio.Event = attrs.field(factory=trio.Event)
 
     def part_stored(self, accepted: int, duplicates: int) -> None:
@@ -91,6 +108,15 @@ class Receipt:
         if not self.done.is_set():
             self.error = error
             self._finish()
+
+    def withdraw(self) -> bool:
+        """Its webhook's deadline passed: unless its flush is already committing, the batch
+        is given up and nothing of it will be stored (True) — a flush holding it cannot
+        commit any more, its cutoff being no later than this deadline."""
+        if self.done.is_set() or self.committing:
+            return False
+        self.fail(Expired("not committed in time"))
+        return True
 
     @property
     def failed(self) -> bool:

@@ -6,6 +6,11 @@ a fresh incarnation from a factory on every (re)start, so state that must surviv
 lives outside the actor (its mailbox, owned by whoever created the channel, or Postgres).
 Restarts back off exponentially; more than `max_restarts` crashes inside `window_s` means
 the actor is crash-looping, and the supervisor fails the whole process rather than spin.
+
+Actors that come and go (one per symbol) are *transient*: their health record is dropped
+when they stop, so the table stays as large as what runs now. The ops endpoints show a
+bounded view of it (`view()`): every permanent actor, the transient ones that are not simply
+running, and counts by state.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ class Actor(Protocol):
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
 
 
+# Rows of the actor table readiness shows at most.
+VIEW_LIMIT = 50
+
+
 class RestartBudgetExceeded(RuntimeError):
     """An actor crashed more often than its restart budget allows."""
 
@@ -38,6 +47,7 @@ class ActorHealth:
     restartable: bool
     mailbox: Any = None  # a trio receive channel, for its depth
     clock: Callable[[], float] = time.time
+    transient: bool = False
     state: str = "starting"  # starting | running | restarting | stopped | failed
     restarts: int = 0
     last_error: str | None = None
@@ -89,14 +99,28 @@ class Supervisor:
         *,
         restart: bool = False,
         mailbox: Any = None,
+        transient: bool = False,
     ) -> Any:
-        """Start an actor in the supervisor's nursery; return what it passed to `started()`."""
-        health = ActorHealth(name, restart, mailbox)
+        """Start an actor in the supervisor's nursery; return what it passed to `started()`.
+        A transient actor's record is dropped once it stops."""
+        health = ActorHealth(name, restart, mailbox, transient=transient)
         self.actors[name] = health
         return await self.nursery.start(self._supervise, factory, health)
 
     def table(self) -> list[dict[str, Any]]:
         return [h.snapshot() for h in self.actors.values()]
+
+    def view(self, limit: int = VIEW_LIMIT) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """What readiness shows, bounded whatever the number of actors: at most `limit` rows
+        — the permanent actors and the transient ones in trouble first, then running
+        transient ones while there is room — and the count of actors in each state."""
+        counts: dict[str, int] = {}
+        first, then = [], []
+        for health in self.actors.values():
+            counts[health.state] = counts.get(health.state, 0) + 1
+            quiet = health.transient and health.state == "running"
+            (then if quiet else first).append(health)
+        return [h.snapshot() for h in (first + then)[:limit]], counts
 
     @property
     def healthy(self) -> bool:
@@ -113,6 +137,10 @@ class Supervisor:
             await self._incarnations(factory, health, task_status)
         finally:
             health.finished.set()
+            # A transient actor that stopped is forgotten (unless a successor took its name).
+            stopped = health.transient and health.state == "stopped"
+            if stopped and self.actors.get(health.name) is health:
+                del self.actors[health.name]
 
     async def _incarnations(
         self, factory: Callable[[ActorHealth], Actor], health: ActorHealth, task_status: Any

@@ -5,15 +5,26 @@ latency). While flushes run, rows gather; another flush may overlap them (up to
 `concurrency` at once) as soon as `batch_max` rows wait or the oldest has waited
 `flush_s`. A flush takes whole receipts in arrival order up to `batch_max` rows; a single
 receipt larger than that is flushed alone rather than split, so each webhook batch is
-committed all at once and its answer is exact. A failed flush fails its receipts (the
-webhook answers 503 and nothing of them was stored); the writer itself carries on.
+committed all at once and its answer is exact.
+
+Failures stay where they start:
+- A flush the store refuses for its data (`Rejected`: a value it cannot hold) is tried again
+  receipt by receipt, so only the offending batch fails (its webhook answers 422) and the
+  batches flushed with it are stored.
+- Any other failure (the database unreachable or too slow) fails the flush's receipts: their
+  webhooks answer 503 and nothing of them was stored.
+- Every flush has a cutoff: the earliest of its receipts' deadlines, and never later than
+  `timeout_s` from its start. Its transaction commits only before the cutoff, else it rolls
+  back (so a webhook that gave up at its deadline is never stored behind its back); after
+  `timeout_s` the writer stops waiting for it. A receipt whose deadline passed before a
+  flush took it is dropped unflushed. The writer itself carries on.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -21,14 +32,28 @@ import structlog
 import trio
 
 from tickhub import metrics
-from tickhub.actors.messages import FlushOutcome, Receipt, TickColumns, WriteRequest
+from tickhub.actors.messages import (
+    Expired,
+    FlushOutcome,
+    Receipt,
+    Rejected,
+    StoredTick,
+    TickColumns,
+    WriteRequest,
+)
 from tickhub.actors.supervisor import ActorHealth
 
 log = structlog.get_logger(actor="writer")
 
 
 class Store(Protocol):
-    async def write(self, parts: Sequence[TickColumns]) -> FlushOutcome: ...
+    async def write(
+        self, parts: Sequence[TickColumns], may_commit: Callable[[], bool]
+    ) -> list[StoredTick]:
+        """Store the parts in one transaction, committed only if `may_commit()` says so once
+        they are written; the ticks new to the store. Raises Rejected when the data itself
+        cannot be stored, Expired when `may_commit()` said no (nothing was stored)."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -50,6 +75,7 @@ class Writer:
     batch_max: int = 500
     flush_s: float = 0.2
     concurrency: int = 1
+    timeout_s: float = math.inf  # a flush's longest run (DB_TIMEOUT_MS)
     flushes: int = 0
     _partial: dict[Receipt, list[WriteRequest]] = attrs.field(factory=dict)
     _ready: deque[_Ready] = attrs.field(factory=deque)
@@ -82,6 +108,7 @@ class Writer:
     def _add(self, request: WriteRequest) -> None:
         receipt = request.receipt
         if receipt.failed:
+            self._partial.pop(receipt, None)  # its other parts go nowhere either
             return
         parts = self._partial.setdefault(receipt, [])
         parts.append(request)
@@ -130,39 +157,67 @@ class Writer:
             batch.append(self._ready.popleft())
         self._ready_rows -= rows
         metrics.WRITER_QUEUE.set(self._ready_rows)
+        now = trio.current_time()
+        for ready in batch:
+            if not ready.receipt.failed and ready.receipt.deadline <= now:
+                ready.receipt.fail(Expired("not committed before its deadline"))
         return batch
 
     async def _flush(self, batch: list[_Ready]) -> None:
-        requests = [req for ready in batch if not ready.receipt.failed for req in ready.requests]
         try:
-            if requests:
-                await self._write(requests)
+            live = [ready for ready in batch if not ready.receipt.failed]
+            if live:
+                await self._write(live)
+            await _reply([req for ready in batch if ready not in live for req in ready.requests])
         finally:
             self._inflight -= 1
             self._notify()
 
-    async def _write(self, requests: list[WriteRequest]) -> None:
+    async def _write(self, batch: list[_Ready]) -> None:
+        requests = [req for ready in batch for req in ready.requests]
         rows = sum(len(r.ticks) for r in requests)
         started = trio.current_time()
+        cutoff = min(started + self.timeout_s, *(ready.receipt.deadline for ready in batch))
+
+        def may_commit() -> bool:
+            if trio.current_time() >= cutoff:
+                return False
+            for ready in batch:
+                ready.receipt.committing = True
+            return True
+
         try:
-            outcome = await self.store.write([r.ticks for r in requests])
-        except Exception as exc:
+            with trio.fail_at(started + self.timeout_s):
+                stored = await self.store.write([r.ticks for r in requests], may_commit)
+        except Rejected as exc:
+            if len(batch) > 1:
+                log.warning("flush refused; storing its batches one by one", error=str(exc))
+                for ready in batch:
+                    await self._write([ready])
+                return
+            metrics.FLUSH_FAILURES.inc()
+            log.warning("batch refused by the store", rows=rows, error=str(exc))
+            batch[0].receipt.fail(exc)
+            await _reply(requests)
+            return
+        except Exception as exc:  # unreachable, too slow (TooSlowError), or a bug
             metrics.FLUSH_FAILURES.inc()
             log.warning("flush failed", rows=rows, error=f"{type(exc).__name__}: {exc}")
-            for request in requests:
-                request.receipt.fail(exc)
+            for ready in batch:
+                ready.receipt.fail(exc)
+            await _reply(requests)
             return
         self.flushes += 1
         self.health.touch()
         metrics.FLUSH_ROWS.observe(rows)
         metrics.FLUSH_SECONDS.observe(trio.current_time() - started)
-        _settle(requests, outcome)
-        await _reply(requests, outcome)
+        _settle(requests, stored)
+        await _reply(requests, stored)
 
 
-def _settle(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
+def _settle(requests: list[WriteRequest], stored: list[StoredTick]) -> None:
     """Tell each receipt how many of its ticks were new; a key seen twice counts once."""
-    inserted = {(t.symbol, t.key) for t in outcome.ticks}
+    inserted = {(t.symbol, t.key) for t in stored}
     for request in requests:
         symbol = request.ticks.symbol
         accepted = 0
@@ -173,26 +228,26 @@ def _settle(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
         request.receipt.part_stored(accepted, len(request.ticks) - accepted)
 
 
-async def _reply(requests: list[WriteRequest], outcome: FlushOutcome) -> None:
-    """Hand each aggregator the stored ticks of its symbol.
+async def _reply(requests: list[WriteRequest], stored: Sequence[StoredTick] = ()) -> None:
+    """Answer every aggregator of these requests once: the stored ticks of its symbol (none
+    when the flush failed) and how many of its requests this answers.
 
     Without yielding between aggregators while their mailboxes have room: they then all
-    publish in the same scheduler batch, before any SSE subscriber runs, so a client gets a
-    whole flush in one write rather than one write per symbol."""
-    by_symbol: dict[str, list] = {}
-    for tick in outcome.ticks:
-        by_symbol.setdefault(tick.symbol, []).append(tick)
-    replied: set[str] = set()
+    publish in the same scheduler batch, so a client gets a whole flush in one write rather
+    than one write per symbol."""
+    ticks: dict[str, list[StoredTick]] = {}
+    for tick in stored:
+        ticks.setdefault(tick.symbol, []).append(tick)
+    answered: dict[str, tuple[trio.MemorySendChannel, int]] = {}
     for request in requests:
-        symbol = request.ticks.symbol
-        if symbol in replied or symbol not in by_symbol:
-            continue
-        replied.add(symbol)
-        reply = FlushOutcome(by_symbol[symbol])
+        _, count = answered.get(request.ticks.symbol, (request.reply, 0))
+        answered[request.ticks.symbol] = (request.reply, count + 1)
+    for symbol, (reply_tx, count) in answered.items():
+        reply = FlushOutcome(ticks.get(symbol, []), count)
         try:
             try:
-                request.reply.send_nowait(reply)
+                reply_tx.send_nowait(reply)
             except trio.WouldBlock:
-                await request.reply.send(reply)
+                await reply_tx.send(reply)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             log.info("aggregator gone; live update skipped", symbol=symbol)

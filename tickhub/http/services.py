@@ -30,6 +30,8 @@ class Services:
     ingest: Any = None  # LocalIngest or StreamIngest (api role)
     link: Any = None  # the Redis link, when roles run in separate processes
     limiter: Any = attrs.field(factory=MemoryLimiter)  # RedisLimiter when linked
+    # Failed authentications per IP, in this process whatever the mode (http.limits.admit).
+    auth_failures: MemoryLimiter = attrs.field(factory=MemoryLimiter)
     streams: dict[str, int] = attrs.field(factory=dict)  # open SSE connections per client
     queries: Queries | None = attrs.field(init=False, default=None)
 
@@ -38,36 +40,32 @@ class Services:
             self.queries = Queries(self.db)
 
     async def queue_stats(self) -> dict[str, int]:
-        """Batches waiting (`pending`), being stored (`inFlight`), stored, failed."""
+        """Waiting (`pending`), being stored (`inFlight`), stored, failed, dead letters:
+        batches of the Redis stream when split, ticks of the pipeline in one process."""
         if self.link is not None:
             return await self.link.queue_stats()
-        pipeline = self.pipeline
-        if pipeline is None:
-            return {"pending": 0, "inFlight": 0, "completed": 0, "failed": 0}
-        queued = pipeline.writer.queued_rows if pipeline.writer else 0
-        return {
-            "pending": queued,
-            "inFlight": max(pipeline.admission.pending - queued, 0),
-            "completed": pipeline.completed,
-            "failed": pipeline.failed,
-        }
+        if self.pipeline is None:
+            return {"pending": 0, "inFlight": 0, "completed": 0, "failed": 0, "dead": 0}
+        return {**self.pipeline.stats(), "dead": 0}
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, str] = {}
         if self.db is not None:
             checks["db"] = "ok" if await self.db.ping() else "unreachable"
         if self.link is not None:
-            checks["redis"] = "ok" if await self.link.ping() else "unreachable"
+            checks["redis"] = "ok" if await self.link.writable() else "unreachable"
         else:
             checks["redis"] = "n/a"
         if self.feeder is not None:
             checks["feeder"] = "ok" if self.feeder.ready() else "not posting"
         actors_ok = self.supervisor.healthy
         ok = actors_ok and all(v in ("ok", "n/a") for v in checks.values())
+        actors, states = self.supervisor.view()
         body = {
             "status": "ready" if ok else "not_ready",
             "checks": checks,
-            "actors": self.supervisor.table(),
+            "actors": actors,
+            "actorStates": states,
         }
         return ok, body
 

@@ -1,4 +1,6 @@
-"""The writer's SQL: one flush = one statement = one round trip, atomic on its own.
+"""The writer's SQL: one flush = one statement, in a transaction that commits only while the
+flush's batches still want it (their deadlines), so a late flush is rolled back, never
+stored behind the back of a webhook that already answered 503.
 
 The flush's ticks (duplicates included) travel as arrays, one per column, and are unnested
 once. From them the same statement inserts into `ticks_raw` (when RAW_AUDIT is on), inserts
@@ -12,10 +14,12 @@ in SQL is the same conversion as the pool's numeric codec, decoded in C instead 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from tickhub.actors.messages import FlushOutcome, StoredTick, TickColumns
-from tickhub.sql.db import Database
+import asyncpg
+
+from tickhub.actors.messages import Expired, Rejected, StoredTick, TickColumns
+from tickhub.sql.db import DATA_FAULTS, CommitRefused, Database
 
 # Exact microsecond arithmetic; float8 → numeric keeps 15 significant digits.
 _TS = "timestamptz 'epoch' + {col} * interval '1 microsecond'"
@@ -195,6 +199,16 @@ class TickStore:
         self.raw_audit = raw_audit
         self._sql = flush_statement(raw_audit)
 
-    async def write(self, parts: Sequence[TickColumns]) -> FlushOutcome:
-        rows = await self.db.fetch(self._sql, *flush_arguments(parts))
-        return FlushOutcome([StoredTick(*r) for r in rows])
+    async def write(
+        self, parts: Sequence[TickColumns], may_commit: Callable[[], bool] | None = None
+    ) -> list[StoredTick]:
+        async def flush(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(self._sql, *flush_arguments(parts))
+
+        try:
+            rows = await self.db.transaction(flush, commit_if=may_commit)
+        except DATA_FAULTS as exc:
+            raise Rejected(f"{type(exc).__name__}: {exc}") from exc
+        except CommitRefused:
+            raise Expired("rolled back: its deadline passed before the commit") from None
+        return [StoredTick(*r) for r in rows]
