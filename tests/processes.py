@@ -15,6 +15,15 @@ from tests.consistency import differences
 from tickhub.sql.embedded import free_port
 
 
+def wait_for(check, within: float = 30, every: float = 0.1) -> None:
+    """Poll `check()` (an outside state: a server, a database) until it is true."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within} s: {check.__name__}")
+        time.sleep(every)
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,6 +89,12 @@ def db_sync(pg_url):
                 return [r[0] for r in await db.fetch(sql)]
 
             return trio.run(run, q)
+
+        def execute(self, sql: str) -> None:
+            async def q(db):
+                await db.execute(sql)
+
+            trio.run(run, q)
 
         def differences(self) -> list[str]:
             return trio.run(run, differences)

@@ -198,6 +198,11 @@ def status(url: str) -> None:
             f"{a['name']:32} {a['state']:10} {a['restarts']:>8} {a['mailboxDepth']:>7}  "
             f"{a.get('lastError') or ''}"
         )
+    states = body.get("actorStates", {})
+    shown = f" ({len(rows)} shown)" if sum(states.values()) > len(rows) else ""
+    click.echo(
+        "actors: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + shown
+    )
     sys.exit(0 if code == 200 else 1)
 
 
@@ -314,6 +319,60 @@ def replay(
             f"stopped at line {report.stopped_at.line}: {report.stopped_at.message}", err=True
         )
         sys.exit(1)
+
+
+def _with_redis(work: Any) -> Any:
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("REDIS_URL: required (dead letters live in Redis)")
+
+    async def main_() -> Any:
+        from tickhub.bridge import open_bridge
+        from tickhub.streams import RedisUnavailable, StreamNames, open_redis
+
+        names = StreamNames(
+            f"{settings.queue_prefix}:{settings.ticks_queue}", settings.pubsub_channel
+        )
+        try:
+            async with open_bridge(), open_redis(settings.redis_url, names) as link:
+                return await work(link)
+        except RedisUnavailable as exc:
+            raise click.ClickException(f"Redis: {exc}") from None
+
+    return trio.run(main_)
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Ticks-stream entries whose data the store kept refusing (split mode, REDIS_URL)."""
+
+
+@dead_letters.command("list")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+def dead_letters_list(limit: int) -> None:
+    """The oldest dead letters: id, original entry, refusals, ticks, error."""
+    letters = _with_redis(lambda link: link.dead_letters(limit))
+    click.echo(f"{'ID':24} {'ENTRY':24} {'REFUSALS':>8} {'TICKS':>6}  ERROR")
+    for d in letters:
+        ticks = "?" if d["items"] is None else d["items"]
+        click.echo(f"{d['id']:24} {d['entry']:24} {d['refusals']:>8} {ticks:>6}  {d['error']}")
+    click.echo(f"{len(letters)} dead letter(s)")
+
+
+@dead_letters.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
+def dead_letters_replay(ids: tuple[str, ...], everything: bool) -> None:
+    """Put dead letters back on the ticks stream (after fixing what refused them)."""
+    if not ids and not everything:
+        raise click.UsageError("name the dead letters to replay, or --all")
+
+    async def work(link: Any) -> list[str]:
+        chosen = list(ids) or [d["id"] for d in await link.dead_letters(100_000)]
+        return await link.replay_dead(chosen)
+
+    replayed = _with_redis(work)
+    click.echo(f"{len(replayed)} dead letter(s) replayed as new entries")
 
 
 @main.group()

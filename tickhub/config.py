@@ -7,6 +7,7 @@ expects. Nothing else in tickhub reads `os.environ`.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from typing import Any, get_args, get_origin
 import attrs
 import cattrs
 import platformdirs
+
+from tickhub.ratelimit import Rate, parse_rate
 
 ROLES = ("api", "gateway", "consumer", "feeder", "all")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -145,10 +148,11 @@ class Settings:
     read_auth: bool = env("READ_AUTH", False)
     stream_token_ttl_s: int = env("STREAM_TOKEN_TTL_S", 300, validator=_positive)
     # Requests per window per client (API key, token subject, or IP): "N/s", "N/m", "N/h";
-    # "0" turns a limit off. Shared through Redis when roles run in separate processes.
-    rate_limit_webhooks: str = env("RATE_LIMIT_WEBHOOKS", "200/s")
-    rate_limit_queries: str = env("RATE_LIMIT_QUERIES", "100/s")
-    rate_limit_stream: str = env("RATE_LIMIT_STREAM", "60/m")
+    # "0" turns a limit off. Shared through Redis when roles run in separate processes. An IP
+    # gets the same budget for requests whose credentials fail.
+    rate_limit_webhooks: Rate | None = env("RATE_LIMIT_WEBHOOKS", Rate(200, 1))
+    rate_limit_queries: Rate | None = env("RATE_LIMIT_QUERIES", Rate(100, 1))
+    rate_limit_stream: Rate | None = env("RATE_LIMIT_STREAM", Rate(60, 60))
     # Proxies whose X-Forwarded-For is believed (IPs or CIDRs); otherwise the socket's peer.
     trusted_proxies: tuple[str, ...] = env("TRUSTED_PROXIES", ())
     sse_max_clients: int = env("SSE_MAX_CLIENTS", 20_000, validator=_positive)
@@ -184,6 +188,17 @@ class Settings:
     raw_audit: bool = env("RAW_AUDIT", True)
     migrate_on_start: bool = env("MIGRATE_ON_START", True)
     db_pool_size: int = env("DB_POOL_SIZE", 8, validator=_positive)
+    # The deadline of every database call (a flush is bounded by its webhooks' deadlines too).
+    db_timeout_ms: int = env("DB_TIMEOUT_MS", 5_000, validator=_positive)
+    # The deadline of every Redis call (a blocking read adds its block time).
+    redis_timeout_ms: int = env("REDIS_TIMEOUT_MS", 2_000, validator=_positive)
+    # A ticks-stream entry that fails on its data this many times goes to the dead letters.
+    dead_letter_after: int = env("DEAD_LETTER_AFTER", 5, validator=_positive)
+    # A symbol's aggregator with nothing to do for this long stops (started again on its
+    # next tick); at most AGGREGATORS_MAX run at once (the least recently busy idle one
+    # makes room), so memory does not grow with the number of symbols ever seen.
+    aggregator_idle_s: float = env("AGGREGATOR_IDLE_S", 60.0, validator=_positive)
+    aggregators_max: int = env("AGGREGATORS_MAX", 4_096, validator=_positive)
     stop_timeout_s: float = env("STOP_TIMEOUT_S", 10.0, validator=_positive)
     restart_max: int = env("RESTART_MAX", 5, validator=_positive)
     restart_window_s: float = env("RESTART_WINDOW_S", 60.0, validator=_positive)
@@ -200,19 +215,6 @@ class Settings:
             raise SettingsError("JWT_SECRET: expected at least 32 bytes")
         if self.read_auth and not self.jwt_secret:
             raise SettingsError("READ_AUTH=1 needs JWT_SECRET (browsers use stream tokens)")
-        from tickhub.ratelimit import parse_rate  # here: ratelimit imports nothing of ours
-
-        for name, value in (
-            ("RATE_LIMIT_WEBHOOKS", self.rate_limit_webhooks),
-            ("RATE_LIMIT_QUERIES", self.rate_limit_queries),
-            ("RATE_LIMIT_STREAM", self.rate_limit_stream),
-        ):
-            try:
-                parse_rate(value)
-            except ValueError as exc:
-                raise SettingsError(f"{name}={value!r}: {exc}") from None
-        import ipaddress
-
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
@@ -220,6 +222,10 @@ class Settings:
                 raise SettingsError(
                     f"TRUSTED_PROXIES: {proxy!r} is not an IP address or network"
                 ) from None
+
+    def rate_limit(self, group: str) -> Rate | None:
+        """The limit of a route group: webhooks, queries or stream."""
+        return getattr(self, f"rate_limit_{group}")
 
     @property
     def api_keys(self) -> tuple[str, ...]:
@@ -307,6 +313,8 @@ converter.register_structure_hook(int, _int)
 converter.register_structure_hook(float, _float)
 converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
 converter.register_structure_hook(PerSymbol, _per_symbol)
+# "0" (no limit) structures to None: the fields are `Rate | None`.
+converter.register_structure_hook(Rate, lambda raw, _t: parse_rate(str(raw)))
 
 
 attrs.resolve_types(FeederSettings)

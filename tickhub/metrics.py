@@ -29,7 +29,10 @@ SSE_EVENTS_DROPPED = Counter(
 HUB_EVENTS = Counter("tickhub_hub_events_total", "Live events published to the hub")
 QUEUE_BATCHES = Gauge(
     "tickhub_queue_batches", "Batches in the Redis ticks stream by state", ["state"]
-)  # state: pending | inFlight | completed | failed
+)  # state: pending | inFlight | completed | failed | dead
+DEAD_LETTERS = Counter(
+    "tickhub_dead_letters_total", "Ticks-stream entries moved to the dead letters by this process"
+)
 RATE_LIMITED = Counter("tickhub_rate_limited_total", "Requests refused by a rate limit", ["group"])
 RATE_LIMIT_SKIPPED = Counter(
     "tickhub_rate_limit_skipped_total", "Requests let through unchecked (limiter unreachable)"

@@ -3,8 +3,9 @@
 interval; a request is refused while the TAT is more than a whole period ahead. One number
 per client, no timers, bursts up to the limit.
 
-`MemoryLimiter` keeps the TATs in this process (one process: `all`); `RedisLimiter` keeps
-them in Redis (one atomic script call per request) so every api instance shares the limit.
+`MemoryLimiter` keeps the TATs in this process (one process: `all`); `streams.RedisLimiter`
+keeps them in Redis (one atomic script call per request) so every api instance shares the
+limit. Both decide with the one `gcra()` below; Redis only reads and stores the TAT.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|m|h)\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
-# Entries kept in memory before expired ones are swept (bounded memory under many clients).
-MEMORY_SWEEP_AT = 100_000
+# Clients whose TATs one process keeps (bounded memory under many clients).
+MEMORY_CAPACITY = 100_000
 
 
 @attrs.frozen
@@ -73,41 +74,45 @@ def gcra(tat: float | None, now: float, rate: Rate) -> tuple[Decision, float | N
     return Decision(True, rate.count, remaining, new_tat - now, 0.0), new_tat
 
 
+class LimiterUnavailable(RuntimeError):
+    """The shared counters are out of reach; the caller lets the request through (fail open)."""
+
+
 class Limiter(Protocol):
-    async def check(self, group: str, client: str, rate: Rate) -> Decision: ...
+    async def check(self, group: str, client: str, rate: Rate, *, charge: bool = True) -> Decision:
+        """The decision for one request of `client` in `group`; with `charge=False` only
+        whether it would be allowed (nothing is counted). Raises LimiterUnavailable."""
+        ...
 
 
 @attrs.define
 class MemoryLimiter:
-    clock: Callable[[], float] = time.monotonic
-    _tats: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    """TATs in this process. At most `capacity` clients are kept: expired entries are swept
+    when the table is full (at most once a second), and if it is still full the entry used
+    least recently goes — that client may burst once more, memory stays bounded."""
 
-    async def check(self, group: str, client: str, rate: Rate) -> Decision:
+    clock: Callable[[], float] = time.monotonic
+    capacity: int = MEMORY_CAPACITY
+    _tats: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    _swept_at: float = -math.inf
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    async def check(self, group: str, client: str, rate: Rate, *, charge: bool = True) -> Decision:
         now = self.clock()
         key = (group, client)
         decision, new_tat = gcra(self._tats.get(key), now, rate)
-        if new_tat is not None:
+        if charge and new_tat is not None:
+            self._tats.pop(key, None)  # re-inserted last: the dict's order is use order
             self._tats[key] = new_tat
-            if len(self._tats) > MEMORY_SWEEP_AT:
-                self._tats = {k: t for k, t in self._tats.items() if t > now}
+            if len(self._tats) > self.capacity:
+                self._shrink(now)
         return decision
 
-
-@attrs.define
-class RedisLimiter:
-    """The same rule in Redis; `link.gcra` runs it atomically (streams.RedisLink)."""
-
-    link: Any
-    prefix: str = "ratelimit"
-
-    async def check(self, group: str, client: str, rate: Rate) -> Decision:
-        now_ms = time.time() * 1000
-        allowed, new_tat_ms, tat_ms = await self.link.gcra(
-            f"{self.prefix}:{group}:{client}", now_ms, rate.interval_s * 1000, rate.period_s * 1000
-        )
-        period_ms = rate.period_s * 1000
-        if not allowed:
-            retry_ms = new_tat_ms - period_ms - now_ms
-            return Decision(False, rate.count, 0, (tat_ms - now_ms) / 1000, retry_ms / 1000)
-        remaining = int((period_ms - (new_tat_ms - now_ms)) / (rate.interval_s * 1000) + 1e-9)
-        return Decision(True, rate.count, remaining, (new_tat_ms - now_ms) / 1000, 0.0)
+    def _shrink(self, now: float) -> None:
+        if now - self._swept_at >= 1.0:
+            self._swept_at = now
+            self._tats = {k: t for k, t in self._tats.items() if t > now}
+        while len(self._tats) > self.capacity:
+            del self._tats[next(iter(self._tats))]

@@ -3,11 +3,19 @@ updates stream between consumers and gateways. redis-py's asyncio client through
 process's trio-asyncio loop; every method is one bridged call and one round trip (commands
 of a unit are pipelined).
 
+Every call has a deadline (REDIS_TIMEOUT_MS; a blocking read adds its block time), and every
+error Redis can give — unreachable, timed out, out of memory (`OOM command not allowed`),
+a read-only replica, a script error — is one `RedisUnavailable`: each caller has a single
+outcome for a sick Redis (503, fail open, retry later), never a 500 and never a hang.
+
 Ticks stream `{QUEUE_PREFIX}:{TICKS_QUEUE}`: one entry per accepted webhook batch (the
 validated columns), read by the consumer group `tickhub`. An entry is acknowledged only
 after its rows are committed, and the stream is trimmed only below the oldest entry that is
-not yet acknowledged. Counters beside it (`:enqueued`, `:completed`, `:failed`, in batches)
-feed `/stats`.
+not yet acknowledged. An entry whose data the store keeps refusing (counted in the hash
+`:refusals`) is moved, with its error, to the dead-letter stream
+`{QUEUE_PREFIX}:{TICKS_QUEUE}:dead` and acknowledged, so it no longer holds the stream back;
+`tickhub dead-letters` lists and replays them. Counters beside it (`:enqueued`,
+`:completed`, `:failed` — batches given up as dead letters) feed `/stats`.
 
 Updates stream `PUBSUB_CHANNEL` (default `ch:ticks`): one entry per live event, capped at
 about SSE_RETAIN_EVENTS. A stream rather than Pub/Sub because its ids are global (every
@@ -18,6 +26,8 @@ published meanwhile.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -27,17 +37,25 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 import trio
-import trio_asyncio
 
 from tickhub.actors.messages import TickColumns
+from tickhub.bridge import BridgeTimeout, call_aio
+from tickhub.config import Settings
+from tickhub.ratelimit import Decision, LimiterUnavailable, Rate, gcra
 
 T = TypeVar("T")
 GROUP = "tickhub"
-UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# Every error of a sick or misused Redis: connection loss, timeouts, and the error replies
+# (OOM, READONLY, LOADING, BUSY, script errors) that redis-py raises as ResponseError.
+UNAVAILABLE = (redis.exceptions.RedisError, OSError, BridgeTimeout)
+# The readiness probe's key: a write, so that a Redis refusing writes (out of memory with
+# noeviction, a read-only replica) is not ready, though it still answers PING.
+PROBE_TTL_MS = 10_000
 
 
 class RedisUnavailable(RuntimeError):
-    """Redis could not be reached; the caller answers 503 or retries with backoff."""
+    """Redis could not be reached or refused the command; the caller answers 503, fails open
+    or retries with backoff."""
 
 
 def event_id(stream_id: str | bytes) -> int:
@@ -62,9 +80,17 @@ def encode_batch(source: str, received_us: int, parts: list[TickColumns]) -> byt
 
 
 def decode_batch(payload: bytes) -> tuple[list[TickColumns], int]:
-    doc = orjson.loads(payload)
-    source, received = doc["source"], doc["received_us"]
-    parts = [TickColumns(s, source, received, k, t, p, v) for s, k, t, p, v in doc["parts"]]
+    """The batch of an entry; ValueError when the entry is not one of ours (nothing retries
+    that into shape: the consumer dead-letters it)."""
+    try:
+        doc = orjson.loads(payload)
+        source, received = doc["source"], doc["received_us"]
+        parts = [TickColumns(s, source, received, k, t, p, v) for s, k, t, p, v in doc["parts"]]
+        even = all(len(p.keys) == len(p.ts_us) == len(p.price) == len(p.volume) for p in parts)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a ticks batch: {type(exc).__name__}: {exc}") from None
+    if not parts or not even:
+        raise ValueError("not a ticks batch: columns of unequal length")
     return parts, sum(len(p) for p in parts)
 
 
@@ -72,6 +98,10 @@ def decode_batch(payload: bytes) -> tuple[list[TickColumns], int]:
 class StreamNames:
     ticks: str
     updates: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> StreamNames:
+        return cls(f"{settings.queue_prefix}:{settings.ticks_queue}", settings.pubsub_channel)
 
     @property
     def enqueued(self) -> str:
@@ -85,9 +115,23 @@ class StreamNames:
     def failed(self) -> str:
         return self.ticks + ":failed"
 
+    @property
+    def dead(self) -> str:
+        return self.ticks + ":dead"
 
-# GCRA in one atomic step (see tickhub.ratelimit): the TAT of a key moves forward by one
-# interval per allowed request; floats go back as strings (Redis truncates Lua numbers).
+    @property
+    def refusals(self) -> str:
+        return self.ticks + ":refusals"
+
+    @property
+    def probe(self) -> str:
+        return self.ticks + ":probe"
+
+
+# The atomic step of GCRA (`tickhub.ratelimit.gcra` decides): read the key's TAT and, when
+# charging, store the next one if the request is allowed — the same comparison as `gcra`, on
+# the same doubles. Returns the TAT it read; floats travel as strings (Redis truncates Lua
+# numbers to integers).
 GCRA_SCRIPT = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -95,11 +139,10 @@ local period = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat or tat < now then tat = now end
 local new_tat = tat + interval
-if now < new_tat - period then
-  return {0, tostring(new_tat), tostring(tat)}
+if ARGV[4] == '1' and now >= new_tat - period then
+  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return {1, tostring(new_tat), tostring(tat)}
+return tostring(tat)
 """
 
 
@@ -107,25 +150,33 @@ return {1, tostring(new_tat), tostring(tat)}
 class RedisLink:
     client: aioredis.Redis
     names: StreamNames
+    timeout_s: float = 2.0  # the deadline of a call that names none
     _gcra: Any = None
+    _dead_letter: Any = None
 
-    async def _bridge(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _bridge(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float | None = None
+    ) -> T:
         try:
-            return await trio_asyncio.aio_as_trio(fn)(*args)
+            timeout = self.timeout_s if timeout_s is None else timeout_s
+            return await call_aio(fn, *args, timeout_s=timeout)
         except UNAVAILABLE as exc:
             raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
-    async def ping(self, timeout_s: float = 2.0) -> bool:
-        with trio.move_on_after(timeout_s):
-            try:
-                return bool(await self._bridge(self.client.ping))
-            except RedisUnavailable:
-                return False
-        return False
+    async def writable(self, timeout_s: float = 2.0) -> bool:
+        """Whether Redis takes a write now (readiness): a tiny key with a short TTL."""
+        try:
+            await self._bridge(
+                self.client.set, self.names.probe, int(time.time()), None, PROBE_TTL_MS,
+                timeout_s=timeout_s,
+            )  # fmt: skip
+        except RedisUnavailable:
+            return False
+        return True
 
     # --- the ticks stream -----------------------------------------------------------------
 
-    async def enqueue(self, payload: bytes) -> str:
+    async def enqueue(self, payload: bytes, timeout_s: float | None = None) -> str:
         """Append one batch; durable (in Redis) when this returns."""
 
         async def unit() -> Any:
@@ -134,7 +185,7 @@ class RedisLink:
                 pipe.incr(self.names.enqueued)
                 return await pipe.execute()
 
-        entry_id, _ = await self._bridge(unit)
+        entry_id, _ = await self._bridge(unit, timeout_s=timeout_s)
         return entry_id.decode()
 
     async def ensure_group(self) -> None:
@@ -152,7 +203,13 @@ class RedisLink:
     ) -> list[tuple[str, bytes]]:
         """Entries for `consumer`: `>` for new ones, `0` for its own still pending."""
         reply = await self._bridge(
-            self.client.xreadgroup, GROUP, consumer, {self.names.ticks: start}, count, block_ms
+            self.client.xreadgroup,
+            GROUP,
+            consumer,
+            {self.names.ticks: start},
+            count,
+            block_ms,
+            timeout_s=self.timeout_s + (block_ms or 0) / 1000,
         )
         return [(i.decode(), f[b"b"]) for _, entries in reply or [] for i, f in entries if f]
 
@@ -164,17 +221,76 @@ class RedisLink:
         entries = reply[1]
         return [(i.decode(), f[b"b"]) for i, f in entries if f]
 
-    async def ack(self, ids: list[str], failed: int = 0) -> None:
+    async def ack(self, ids: list[str]) -> None:
+        """Acknowledge committed entries (and forget their refusals, if any)."""
+
         async def unit() -> Any:
             async with self.client.pipeline(transaction=False) as pipe:
-                if ids:
-                    pipe.xack(self.names.ticks, GROUP, *ids)
-                    pipe.incrby(self.names.completed, len(ids))
-                if failed:
-                    pipe.incrby(self.names.failed, failed)
+                pipe.xack(self.names.ticks, GROUP, *ids)
+                pipe.incrby(self.names.completed, len(ids))
+                pipe.hdel(self.names.refusals, *ids)
                 return await pipe.execute()
 
-        await self._bridge(unit)
+        if ids:
+            await self._bridge(unit)
+
+    async def refused(self, entry_id: str) -> int:
+        """Count one more refusal of this entry's data by the store; the count so far."""
+        return int(await self._bridge(self.client.hincrby, self.names.refusals, entry_id, 1))
+
+    async def dead_letter(self, entry_id: str, payload: bytes, error: str, refusals: int) -> bool:
+        """Move a pending entry whose data keeps being refused to the dead-letter stream and
+        acknowledge it, atomically and once: False when it was no longer pending (another
+        delivery of it got there first)."""
+        if self._dead_letter is None:
+            self._dead_letter = self.client.register_script(DEAD_LETTER_SCRIPT)
+        keys = [self.names.ticks, self.names.dead, self.names.refusals, self.names.failed]
+        at = int(time.time() * 1000)
+        moved = await self._bridge(
+            self._dead_letter, keys, [GROUP, entry_id, payload, error, refusals, at]
+        )
+        return bool(moved)
+
+    async def dead_letters(self, count: int) -> list[dict[str, Any]]:
+        """The oldest `count` dead letters: id, original entry, error, refusals, items."""
+        entries = await self._bridge(self.client.xrange, self.names.dead, "-", "+", count)
+        out = []
+        for dead_id, fields in entries:
+            try:
+                _, items = decode_batch(fields[b"b"])
+            except ValueError:
+                items = None
+            out.append(
+                {
+                    "id": dead_id.decode(),
+                    "entry": fields.get(b"entry", b"").decode(),
+                    "error": fields.get(b"error", b"").decode(errors="replace"),
+                    "refusals": int(fields.get(b"refusals", 0)),
+                    "at": int(fields.get(b"at", 0)),
+                    "items": items,
+                }
+            )
+        return out
+
+    async def replay_dead(self, dead_ids: list[str]) -> list[str]:
+        """Put dead letters back on the ticks stream as new entries (same batch), each in
+        one transaction with its removal; the new entry ids, in order."""
+
+        async def unit() -> list[str]:
+            replayed = []
+            for dead_id in dead_ids:
+                entries = await self.client.xrange(self.names.dead, dead_id, dead_id, 1)
+                if not entries:
+                    continue
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.xadd(self.names.ticks, {"b": entries[0][1][b"b"]})
+                    pipe.incr(self.names.enqueued)
+                    pipe.xdel(self.names.dead, dead_id)
+                    new_id, _, _ = await pipe.execute()
+                replayed.append(new_id.decode())
+            return replayed
+
+        return await self._bridge(unit)
 
     async def trim_acknowledged(self) -> int:
         """Drop entries below the oldest one not yet acknowledged (never an unacked one)."""
@@ -204,28 +320,38 @@ class RedisLink:
                 pipe.get(self.names.completed)
                 pipe.get(self.names.failed)
                 pipe.xpending(self.names.ticks, GROUP)
-                enq, done, failed, pending = await pipe.execute(raise_on_error=False)
+                pipe.xlen(self.names.dead)
+                enq, done, failed, pending, dead = await pipe.execute(raise_on_error=False)
             in_flight = pending["pending"] if isinstance(pending, dict) else 0
             enq, done = int(enq or 0), int(done or 0)
+            dead = dead if isinstance(dead, int) else 0
             return {
-                "pending": max(enq - done - in_flight, 0),
+                "pending": max(enq - done - in_flight - dead, 0),
                 "inFlight": in_flight,
                 "completed": done,
                 "failed": int(failed or 0),
+                "dead": dead,
             }
 
         return await self._bridge(unit)
 
-    async def gcra(
-        self, key: str, now_ms: float, interval_ms: float, period_ms: float
-    ) -> tuple[bool, float, float]:
-        """One rate-limit step for `key`: (allowed, new TAT, TAT) in milliseconds."""
+    async def gcra_tat(
+        self,
+        key: str,
+        now: float,
+        interval: float,
+        period: float,
+        *,
+        charge: bool,
+        timeout_s: float,
+    ) -> float:
+        """The TAT of `key` (seconds) before this request; stores the next one when `charge`
+        and the request is allowed (GCRA_SCRIPT)."""
         if self._gcra is None:
             self._gcra = self.client.register_script(GCRA_SCRIPT)
-        allowed, new_tat, tat = await self._bridge(
-            self._gcra, [key], [repr(now_ms), repr(interval_ms), repr(period_ms)]
-        )
-        return bool(allowed), float(new_tat), float(tat)
+        args = [repr(now), repr(interval), repr(period), "1" if charge else "0"]
+        tat = await self._bridge(self._gcra, [key], args, timeout_s=timeout_s)
+        return float(tat)
 
     # --- the updates stream ---------------------------------------------------------------
 
@@ -246,7 +372,13 @@ class RedisLink:
     async def read_updates(
         self, after: str, count: int, block_ms: int
     ) -> list[tuple[int, str, bytes]]:
-        reply = await self._bridge(self.client.xread, {self.names.updates: after}, count, block_ms)
+        reply = await self._bridge(
+            self.client.xread,
+            {self.names.updates: after},
+            count,
+            block_ms,
+            timeout_s=self.timeout_s + block_ms / 1000,
+        )
         return [
             (event_id(i), f[b"s"].decode(), f[b"d"])
             for _, entries in reply or []
@@ -263,19 +395,73 @@ class RedisLink:
         return event_id(entries[0][0]) if entries else None
 
 
+# Acknowledge a pending entry and, only if it was pending, append it to the dead letters
+# (and count it): one atomic step, so two deliveries of the same entry move it once.
+DEAD_LETTER_SCRIPT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'b', ARGV[3], 'entry', ARGV[2], 'error', ARGV[4],
+           'refusals', ARGV[5], 'at', ARGV[6])
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('INCR', KEYS[4])
+return 1
+"""
+
+# The longest a blocking read (XREAD/XREADGROUP BLOCK) waits on the server; the client's
+# socket timeout must exceed it.
+MAX_BLOCK_S = 1.0
+
+
 @asynccontextmanager
-async def open_redis(url: str, names: StreamNames) -> AsyncIterator[RedisLink]:
-    """A client (inside the process's trio-asyncio loop); connections are made on use."""
+async def open_redis(
+    url: str, names: StreamNames, *, timeout_s: float = 2.0
+) -> AsyncIterator[RedisLink]:
+    """A client (inside the process's trio-asyncio loop); connections are made on use. Every
+    call has a deadline of `timeout_s` (plus its block time); the socket timeout behind it
+    frees a connection whose server went silent."""
     client = aioredis.Redis.from_url(
         url,
-        socket_connect_timeout=2,
-        socket_timeout=None,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s + MAX_BLOCK_S,
         health_check_interval=15,
         retry_on_timeout=False,
     )
     try:
-        yield RedisLink(client, names)
+        yield RedisLink(client, names, timeout_s)
     finally:
-        with trio.move_on_after(2) as cleanup:
-            cleanup.shield = True
-            await trio_asyncio.aio_as_trio(client.aclose)()
+        with trio.CancelScope(shield=True):
+            try:
+                await call_aio(client.aclose, timeout_s=2)
+            except (BridgeTimeout, *UNAVAILABLE):
+                pass  # a Redis that does not answer is not waited for
+
+
+@attrs.define
+class RedisLimiter:
+    """The same rule with the TATs in Redis (one atomic script call per request), so every
+    api instance shares the limit. A Redis that fails a check is not asked again for
+    `retry_s`: meanwhile every check fails open at once instead of waiting for a timeout."""
+
+    link: RedisLink
+    prefix: str = "ratelimit"
+    timeout_s: float = 0.25  # a healthy Redis answers in well under a millisecond
+    retry_s: float = 5.0
+    clock: Callable[[], float] = time.time  # shared by every process: wall-clock seconds
+    _skip_until: float = -math.inf
+
+    async def check(self, group: str, client: str, rate: Rate, *, charge: bool = True) -> Decision:
+        if trio.current_time() < self._skip_until:
+            raise LimiterUnavailable("redis failed recently")
+        now = self.clock()
+        try:
+            tat = await self.link.gcra_tat(
+                f"{self.prefix}:{group}:{client}",
+                now,
+                rate.interval_s,
+                rate.period_s,
+                charge=charge,
+                timeout_s=self.timeout_s,
+            )
+        except RedisUnavailable as exc:
+            self._skip_until = trio.current_time() + self.retry_s
+            raise LimiterUnavailable(str(exc)) from exc
+        return gcra(tat, now, rate)[0]

@@ -388,7 +388,7 @@ async def test_stats_count_stored_ticks_per_source(tickhub, db):
     assert stats["symbols"] == 3
     assert abs(stats["lastIngestAt"] - time.time()) < 60
     queue = stats["queue"]
-    assert set(queue) == {"pending", "inFlight", "completed", "failed"}
+    assert set(queue) == {"pending", "inFlight", "completed", "failed", "dead"}
     assert all(isinstance(v, int) for v in queue.values())
-    assert (queue["pending"], queue["inFlight"], queue["failed"]) == (0, 0, 0)
+    assert (queue["pending"], queue["inFlight"], queue["failed"], queue["dead"]) == (0, 0, 0, 0)
     assert queue["completed"] > 0

@@ -13,6 +13,7 @@ import trio
 from tests.conftest import API_KEY, make_settings, start_tickhub
 from tests.integration.test_pipeline import ticks
 from tests.sse import events
+from tickhub.ratelimit import parse_rate
 
 SECRET = "s" * 40
 NOW = int(time.time()) - 300
@@ -139,7 +140,9 @@ def test_keys_never_appear_in_logs(spawn, tmp_path, db_sync):
 
 
 async def test_rate_limit_answers_429_with_headers(db, pg_url, nursery):
-    server = await start_tickhub(nursery, make_settings(pg_url, rate_limit_queries="3/m"))
+    server = await start_tickhub(
+        nursery, make_settings(pg_url, rate_limit_queries=parse_rate("3/m"))
+    )
     remaining = []
     for _ in range(3):
         response = await server.get("/api/v1/symbols")
@@ -158,7 +161,9 @@ async def test_rate_limit_answers_429_with_headers(db, pg_url, nursery):
 
 
 async def test_forwarded_for_counts_only_behind_a_trusted_proxy(db, pg_url, nursery):
-    settings = make_settings(pg_url, rate_limit_queries="1/m", trusted_proxies=("127.0.0.1",))
+    settings = make_settings(
+        pg_url, rate_limit_queries=parse_rate("1/m"), trusted_proxies=("127.0.0.1",)
+    )
     trusting = await start_tickhub(nursery, settings)
     for ip in ("203.0.113.1", "203.0.113.2"):
         headers = {"X-Forwarded-For": f"{ip}, 127.0.0.1"}
@@ -167,7 +172,9 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(db, pg_url, nurs
         await trusting.get("/api/v1/symbols", headers={"X-Forwarded-For": "203.0.113.1"})
     ).status_code == 429
     await trusting.shutdown()
-    plain = await start_tickhub(nursery, make_settings(pg_url, rate_limit_queries="1/m"))
+    plain = await start_tickhub(
+        nursery, make_settings(pg_url, rate_limit_queries=parse_rate("1/m"))
+    )
     assert (
         await plain.get("/api/v1/symbols", headers={"X-Forwarded-For": "1.1.1.1"})
     ).status_code == 200
@@ -274,3 +281,37 @@ async def test_security_headers_on_json_and_html(tickhub):
     page = await tickhub.get("/")
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_each_stream_token_is_a_client_of_its_own(db, pg_url, nursery):
+    """SSE_MAX_PER_CLIENT counts per token, not for everyone behind the key that minted it."""
+    settings = make_settings(pg_url, jwt_secret=SECRET, read_auth=True, sse_max_per_client=1)
+    server = await start_tickhub(nursery, settings)
+
+    async def mint() -> str:
+        issued = await server.client.post(
+            "/api/v1/auth/stream-token", headers=bearer(token("read"))
+        )
+        return issued.json()["token"]
+
+    first, second = await mint(), await mint()
+    assert (
+        jwt.decode(first, SECRET, ["HS256"])["sub"] != jwt.decode(second, SECRET, ["HS256"])["sub"]
+    )
+    with trio.fail_after(10):
+        async with (
+            server.client.stream("GET", "/realtime/ticks", params={"token": first}) as one,
+            server.client.stream("GET", "/realtime/ticks", params={"token": second}) as two,
+        ):
+            assert (one.status_code, two.status_code) == (200, 200)
+            again = await server.get("/realtime/ticks", params={"token": first})
+            assert again.status_code == 429  # the cap holds per token
+    await server.client.aclose()
+    await server.shutdown()
+
+
+async def test_only_stream_tokens_go_in_the_url(guarded):
+    for role in ("read", "admin"):
+        refused = await guarded.get("/realtime/ticks", params={"token": token(role)})
+        assert refused.status_code == 401, role
+        assert "stream tokens" in refused.json()["error"]["message"]

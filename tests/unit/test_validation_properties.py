@@ -20,7 +20,10 @@ from tickhub.actors.messages import TickBatch
 from tickhub.http.validation import (
     MAX_KEY_LEN,
     MIN_TS_US,
+    PRICE_MAX,
+    PRICE_MIN,
     SYMBOL,
+    VOLUME_MAX,
     BadRequest,
     Invalid,
     SymbolRow,
@@ -239,10 +242,12 @@ def test_normal_symbol_is_a_valid_upper_case_symbol_or_none(value):
 
 symbols = st.text(SYMBOL_CHARS, min_size=1, max_size=32)
 prices = st.one_of(
-    st.floats(min_value=0, exclude_min=True, allow_infinity=False),
+    st.floats(min_value=PRICE_MIN, max_value=PRICE_MAX),
     st.integers(1, 10**15),
 )
-volumes = st.one_of(st.floats(min_value=0, allow_infinity=False), st.integers(0, 10**15))
+volumes = st.one_of(
+    st.floats(min_value=0, max_value=VOLUME_MAX), st.integers(0, 10**15), st.just(-0.0)
+)
 keys = st.text(
     st.characters(categories=["L", "N", "P", "S"]) | st.just(" "), min_size=1, max_size=128
 )
@@ -286,7 +291,7 @@ def valid_items(draw, now: int) -> tuple[dict, tuple]:
     volume = 0.0
     if draw(st.booleans()):
         item["volume"] = draw(volumes)
-        volume = float(item["volume"])
+        volume = float(item["volume"]) + 0.0  # -0.0 is stored as 0
     key = draw(st.none() | keys)
     if key is not None:
         item["idempotencyKey"] = key
@@ -370,14 +375,18 @@ BAD = {
         st.lists(st.just("A"), max_size=1),
     ),
     "price": st.one_of(
-        st.floats(max_value=0),
+        st.floats(max_value=PRICE_MIN, exclude_max=True),
+        st.floats(min_value=PRICE_MAX, exclude_min=True),
         st.sampled_from([math.nan, math.inf, -math.inf, True, False, "1.5", None, [1.0]]),
         st.integers(max_value=0),
+        st.integers(min_value=10**15 + 1),
     ),
     "volume": st.one_of(
         st.floats(max_value=-5e-324),
+        st.floats(min_value=VOLUME_MAX, exclude_min=True),
         st.sampled_from([math.nan, math.inf, -math.inf, True, "0", None]),
         st.integers(max_value=-1),
+        st.integers(min_value=10**15 + 1),
     ),
     "ts": st.sampled_from(
         [

@@ -4,7 +4,10 @@
   the same pipeline as one process, and acknowledges an entry only once the flush holding it
   committed. Entries whose flush failed stay pending and are retried; entries pending on a
   consumer that died are claimed after `claim_idle_s`. Redelivery never double counts: the
-  writer's insert is idempotent.
+  writer's insert is idempotent. An entry whose data the store refuses is retried at once
+  (with a short backoff) and, refused `dead_letter_after` times, moved to the dead letters
+  and acknowledged: it fails alone and never holds the stream back. An entry that is not a
+  ticks batch at all goes there on first sight.
 - `RedisPublisher` (consumer role): the aggregators' live events onto the updates stream.
 - `UpdatesRelay` (gateway role): the updates stream into the local hub, with the stream's
   global ids. It reconnects with backoff and reads on from the last id it saw; if Redis
@@ -21,6 +24,7 @@ import trio
 
 from tickhub import metrics
 from tickhub.actors.hub import Hub
+from tickhub.actors.messages import Rejected
 from tickhub.actors.pipeline import Overloaded, Pipeline
 from tickhub.actors.supervisor import ActorHealth
 from tickhub.streams import RedisLink, RedisUnavailable, decode_batch, stream_id
@@ -32,6 +36,8 @@ READ_COUNT = 50
 # Entries handed to the pipeline and waiting for their commit before the ack.
 ACK_BUFFER = 256
 BLOCK_MS = 1000
+# Pause before an entry whose data was refused is tried again, times its refusals so far.
+REFUSED_RETRY_S = 0.5
 
 
 @attrs.define
@@ -44,6 +50,12 @@ class StreamConsumer:
     # still committed and acknowledged before the consumer returns.
     stopping: trio.Event
     claim_idle_s: float = 30.0
+    dead_letter_after: int = 5
+    # Entries handed to the pipeline (or waiting to be tried again) and not yet settled: a
+    # claim or re-read that delivers one of them again is skipped, not stored twice over.
+    _in_flight: set[str] = attrs.field(factory=set)
+    # Refused entries waiting to be tried again: (due at, entry id, payload).
+    _retries: list[tuple[float, str, bytes]] = attrs.field(factory=list)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await self.link.ensure_group()
@@ -81,10 +93,20 @@ class StreamConsumer:
             if trio.current_time() >= next_claim:
                 await self._claim(acks_tx)
                 next_claim = trio.current_time() + self.claim_idle_s / 2
-            entries = await self.link.read_group(self.name, ">", READ_COUNT, BLOCK_MS)
+            block = BLOCK_MS if not self._retries else min(BLOCK_MS, 100)
+            entries = await self.link.read_group(self.name, ">", READ_COUNT, block)
             for entry in entries:
                 await self._submit(entry, acks_tx)
+            await self._retry_due(acks_tx)
             self.health.touch()
+
+    async def _retry_due(self, acks_tx: trio.MemorySendChannel) -> None:
+        now = trio.current_time()
+        due = [(eid, payload) for at, eid, payload in self._retries if at <= now]
+        self._retries = [r for r in self._retries if r[0] > now]
+        for entry in due:
+            self._in_flight.discard(entry[0])
+            await self._submit(entry, acks_tx)
 
     async def _claim(self, acks_tx: trio.MemorySendChannel) -> None:
         """Take over idle pending entries (a dead consumer's, or ours whose flush failed),
@@ -99,38 +121,75 @@ class StreamConsumer:
 
     async def _submit(self, entry: tuple[str, bytes], acks_tx: trio.MemorySendChannel) -> None:
         entry_id, payload = entry
-        parts, items = decode_batch(payload)
+        if entry_id in self._in_flight:
+            return  # delivered again while we still hold it
+        try:
+            parts, items = decode_batch(payload)
+        except ValueError as exc:
+            await self._dead_letter(entry_id, payload, str(exc), 1)
+            return
+        self._in_flight.add(entry_id)
         while True:
             try:
                 receipt = await self.pipeline.submit(parts, items)
                 break
             except Overloaded:
                 continue  # the pipeline is full: keep waiting, the entry stays unacknowledged
-        await acks_tx.send((entry_id, receipt))
+            except BaseException:
+                self._in_flight.discard(entry_id)
+                raise
+        await acks_tx.send((entry_id, payload, receipt))
 
     async def _acker(self, acks_rx: trio.MemoryReceiveChannel) -> None:
         async with acks_rx:
-            async for entry_id, receipt in acks_rx:
-                ids, failed = [], 0
-                batch = [(entry_id, receipt)]
+            async for first in acks_rx:
+                ids = []
+                batch = [first]
                 while True:  # acknowledge everything already committed in one round trip
                     try:
                         batch.append(acks_rx.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                for eid, rec in batch:
+                for eid, payload, rec in batch:
                     await rec.done.wait()
-                    if rec.failed:
-                        failed += 1  # stays pending: retried after claim_idle_s
-                    else:
+                    if isinstance(rec.error, Rejected):
+                        await self._refused(eid, payload, rec.error)
+                        continue  # held for its retry, or gone to the dead letters
+                    self._in_flight.discard(eid)
+                    if not rec.failed:
                         ids.append(eid)
-                await self._ack(ids, failed)
+                    # Otherwise it stays pending: claimed again after claim_idle_s.
+                await self._ack(ids)
 
-    async def _ack(self, ids: list[str], failed: int) -> None:
+    async def _refused(self, entry_id: str, payload: bytes, error: Exception) -> None:
+        """The store refused this entry's data: try again soon, or give it up."""
+        try:
+            refusals = await self.link.refused(entry_id)
+        except RedisUnavailable:
+            self._in_flight.discard(entry_id)
+            return  # still pending: it comes back through a claim
+        if refusals >= self.dead_letter_after:
+            self._in_flight.discard(entry_id)
+            await self._dead_letter(entry_id, payload, str(error), refusals)
+        else:
+            due = trio.current_time() + REFUSED_RETRY_S * refusals
+            self._retries.append((due, entry_id, payload))
+
+    async def _dead_letter(self, entry_id: str, payload: bytes, error: str, refusals: int) -> None:
+        try:
+            moved = await self.link.dead_letter(entry_id, payload, error, refusals)
+        except RedisUnavailable as exc:
+            log.warning("dead letter not written; the entry stays pending", error=str(exc))
+            return
+        if moved:
+            metrics.DEAD_LETTERS.inc()
+            log.error("entry moved to the dead letters", entry=entry_id, error=error)
+
+    async def _ack(self, ids: list[str]) -> None:
         delay = 0.1
         while True:
             try:
-                await self.link.ack(ids, failed)
+                await self.link.ack(ids)
                 return
             except RedisUnavailable as exc:
                 # Not acknowledging is safe (redelivery is idempotent); keep trying a while.

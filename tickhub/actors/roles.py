@@ -30,8 +30,8 @@ from tickhub import metrics
 from tickhub.actors.hub import Hub, HubPublisher, NullPublisher
 from tickhub.actors.pipeline import Admission, Pipeline
 from tickhub.actors.supervisor import RestartPolicy, Supervisor
+from tickhub.bridge import open_bridge
 from tickhub.config import Settings, SettingsError
-from tickhub.sql.db import open_bridge
 
 log = structlog.get_logger(actor="process")
 
@@ -106,10 +106,13 @@ async def run_process(
         if linked(roles):
             from tickhub.streams import StreamNames, open_redis
 
-            names = StreamNames(
-                f"{settings.queue_prefix}:{settings.ticks_queue}", settings.pubsub_channel
+            link = await stack.enter_async_context(
+                open_redis(
+                    settings.redis_url,
+                    StreamNames.of(settings),
+                    timeout_s=settings.redis_timeout_ms / 1000,
+                )
             )
-            link = await stack.enter_async_context(open_redis(settings.redis_url, names))
         async with trio.open_nursery() as nursery:
             if watch_signals:
                 nursery.start_soon(_watch_signals, stop)
@@ -129,7 +132,11 @@ def _open_db(settings: Settings) -> Any:
 
     @asynccontextmanager
     async def opened() -> Any:
-        async with open_database(settings.database_url, max_size=settings.db_pool_size) as db:
+        async with open_database(
+            settings.database_url,
+            max_size=settings.db_pool_size,
+            timeout_s=settings.db_timeout_ms / 1000,
+        ) as db:
             if settings.migrate_on_start:
                 applied = await migrate_up(db)
                 if applied:
@@ -181,7 +188,8 @@ async def _run_roles(
     ingest = None
     if "api" in roles:
         ingest = LocalIngest(pipeline) if pipeline is not None else StreamIngest(link)
-    from tickhub.ratelimit import MemoryLimiter, RedisLimiter
+    from tickhub.ratelimit import MemoryLimiter
+    from tickhub.streams import RedisLimiter
 
     svc = Services(
         settings,
@@ -251,7 +259,10 @@ async def _start_pipeline(
         flush_s=settings.batch_flush_ms / 1000,
         concurrency=settings.worker_concurrency,
         ingest_timeout_s=settings.ingest_timeout_ms / 1000,
+        flush_timeout_s=settings.db_timeout_ms / 1000,
         admission=Admission(settings.ingest_max_pending),
+        aggregator_idle_s=settings.aggregator_idle_s,
+        max_aggregators=settings.aggregators_max,
     )
     await pipeline.start()
     return pipeline
@@ -280,6 +291,7 @@ async def _start_relays(
                 name,
                 stop_reading,
                 claim_idle_s=settings.claim_idle_ms / 1000,
+                dead_letter_after=settings.dead_letter_after,
             )
 
         await supervisor.start("stream-consumer", make_consumer, restart=True)

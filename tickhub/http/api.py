@@ -17,12 +17,12 @@ from quart import Blueprint, Response, request
 from quart_schema import document, security_scheme, tag
 
 from tickhub import metrics
-from tickhub.actors.ingest import IngestUnavailable
+from tickhub.actors.ingest import IngestRejected, IngestUnavailable
 from tickhub.http import auth
 from tickhub.http import openapi as doc
 from tickhub.http.auth import Caller
 from tickhub.http.errors import ApiError, unavailable
-from tickhub.http.limits import enforce
+from tickhub.http.limits import admit
 from tickhub.http.services import services
 from tickhub.http.validation import (
     BadRequest,
@@ -57,21 +57,13 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 async def ingest_access() -> Caller:
     """The webhook's caller: an API key or an `ingest` token, within its rate limit."""
-    svc = services()
-    caller = auth.require(svc.settings, auth.INGEST)
-    await enforce(svc, "webhooks", caller)
-    return caller
+    return await admit(services(), "webhooks", auth.INGEST, required=True)
 
 
 async def read_access() -> Caller | None:
     """Queries are open unless READ_AUTH=1; either way they count against the query limit."""
     svc = services()
-    if svc.settings.read_auth:
-        caller = auth.require(svc.settings, auth.READ)
-    else:
-        caller = auth.authenticate(svc.settings)
-    await enforce(svc, "queries", caller)
-    return caller
+    return await admit(svc, "queries", auth.READ, required=svc.settings.read_auth)
 
 
 async def read_json_body() -> Any:
@@ -129,7 +121,7 @@ def make_blueprint(prefix: str) -> Blueprint:
         try:
             rows = parse_symbols(doc, max_items=svc.settings.max_batch_items)
         except Invalid as exc:
-            raise ApiError(422, "invalid symbols", exc.details) from None
+            raise _invalid("invalid symbols", exc) from None
         count = await _db(svc.queries.upsert_symbols(rows))
         return json_response({"upserted": count, "skipped": 0}, 202)
 
@@ -142,8 +134,7 @@ def make_blueprint(prefix: str) -> Blueprint:
         svc = services()
         if not svc.settings.jwt_secret:
             raise ApiError(404, "stream tokens are not enabled (JWT_SECRET)")
-        caller = auth.require(svc.settings, auth.READ)
-        await enforce(svc, "queries", caller)
+        caller = await admit(svc, "queries", auth.READ, required=True)
         token, expires = auth.issue_stream_token(svc.settings, caller)
         return json_response({"token": token, "expiresAt": expires})
 
@@ -155,7 +146,7 @@ def make_blueprint(prefix: str) -> Blueprint:
         await read_access()
         return json_response(await _db(services().queries.symbols()))
 
-    @bp.get("/ticks/<symbol>")
+    @bp.get("/ticks/<path:symbol>")
     @tag(["queries"])
     @document(responses=_errors(doc.Tick, 200, 401, 403, 404, 429, 503))
     async def latest_tick(symbol: str) -> Response:
@@ -167,7 +158,7 @@ def make_blueprint(prefix: str) -> Blueprint:
             raise ApiError(404, f"no ticks for {symbol}")
         return json_response(tick)
 
-    @bp.get("/ticks/<symbol>/history")
+    @bp.get("/ticks/<path:symbol>/history")
     @tag(["queries"])
     @document(
         querystring=doc.HistoryQuery,
@@ -196,7 +187,7 @@ def make_blueprint(prefix: str) -> Blueprint:
         page = await _db(queries.candles(symbol, INTERVALS[interval], limit, before_us, fill))
         return json_response(page)
 
-    @bp.get("/metrics/<symbol>")
+    @bp.get("/metrics/<path:symbol>")
     @tag(["queries"])
     @document(
         querystring=doc.MetricsQuery,
@@ -228,15 +219,21 @@ def make_blueprint(prefix: str) -> Blueprint:
     return bp
 
 
+def _invalid(what: str, exc: Invalid) -> ApiError:
+    total = exc.total if exc.total > len(exc.details) else None
+    return ApiError(422, f"{what}: {exc}", exc.details, details_total=total)
+
+
 def _errors(model: Any, status: int, *errors: int) -> dict[int, tuple[Any, None]]:
     """The success model plus the error envelope for each error status the route can give."""
     return {status: (model, None), **{code: (doc.Error, None) for code in errors}}
 
 
 async def _ingest_ticks() -> Response:
-    caller = await ingest_access()
     svc = services()
     settings = svc.settings
+    deadline = trio.current_time() + settings.ingest_timeout_ms / 1000
+    caller = await ingest_access()
     doc = await read_json_body()
     now_us = time.time_ns() // 1000
     try:
@@ -249,12 +246,17 @@ async def _ingest_ticks() -> Response:
     except Invalid as exc:
         items = doc.get("items") if isinstance(doc, dict) else None
         metrics.INGEST_TICKS.labels("rejected").inc(len(items) if isinstance(items, list) else 0)
-        raise ApiError(422, "invalid ticks", exc.details) from None
+        raise _invalid("invalid ticks", exc) from None
     try:
-        result = await svc.ingest.ingest(batch)
+        result = await svc.ingest.ingest(batch, deadline)
     except IngestUnavailable as exc:
         log.warning("batch not taken", items=batch.items, error=str(exc), caller=caller.subject)
         raise unavailable(str(exc)) from None
+    except IngestRejected as exc:
+        metrics.INGEST_TICKS.labels("rejected").inc(batch.items)
+        log.warning("batch refused by the store", items=batch.items, error=str(exc))
+        detail = {"index": None, "field": "items", "message": "the store cannot hold these values"}
+        raise ApiError(422, "invalid ticks", [detail]) from None
     metrics.INGEST_TICKS.labels("accepted").inc(result.accepted)
     metrics.INGEST_TICKS.labels("duplicate").inc(result.duplicates)
     metrics.INGEST_REQUESTS.labels("202").inc()

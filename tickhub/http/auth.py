@@ -7,7 +7,10 @@
   carries a `role`: `ingest` for the webhooks, `read` for queries and the stream, `admin` for
   both.
 - The browser's EventSource cannot send headers, so the stream also takes `?token=`, a
-  short-lived `stream` token from `POST {prefix}/auth/stream-token`.
+  short-lived `stream` token from `POST {prefix}/auth/stream-token` — and only that kind:
+  a long-lived token in a URL ends up in logs and histories. Each stream token is a client
+  of its own (its own subject), so the connection cap per client is per token, not shared
+  by everyone behind the key that minted it.
 
 Queries and the stream are open unless READ_AUTH=1. Missing or invalid credentials: 401 with
 `WWW-Authenticate`; valid ones with the wrong role: 403.
@@ -17,15 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 
 import attrs
 import jwt
-import structlog
 from quart import request
 
 from tickhub.config import Settings
 from tickhub.http.errors import ApiError
+from tickhub.logs import Throttled
 
 INGEST = "ingest"
 READ = "read"
@@ -35,7 +39,9 @@ STREAM = "stream"
 ACCEPTS = {INGEST: {INGEST, ADMIN}, READ: {READ, ADMIN}, STREAM: {READ, ADMIN, STREAM}}
 CHALLENGE = 'Bearer realm="tickhub", ApiKey header="x-api-key"'
 
-log = structlog.get_logger(actor="auth")
+# One line per refused key would let a guesser fill the logs; the ids of the first few are
+# enough to see who is at it (the rate limit bounds the rest).
+_refused_log = Throttled("auth", "invalid API key", every_s=10)
 
 
 @attrs.frozen
@@ -84,13 +90,23 @@ def decode_token(settings: Settings, token: str) -> Caller:
     return Caller(claims["sub"], role)
 
 
+def presents_credentials(allow_query_token: bool = False) -> bool:
+    """Whether the current request carries credentials of any kind."""
+    headers = request.headers
+    return bool(
+        headers.get("x-api-key")
+        or headers.get("Authorization")
+        or (allow_query_token and request.args.get("token"))
+    )
+
+
 def authenticate(settings: Settings, *, allow_query_token: bool = False) -> Caller | None:
     """The caller of the current request, or None when it brought no credentials."""
     given = request.headers.get("x-api-key")
     if given:
         key = _match_key(given, settings.api_keys)
         if key is None:
-            log.warning("invalid API key", key_id=key_id(given), path=request.path)
+            _refused_log.warning(key_id=key_id(given), path=request.path)
             raise _unauthorized("invalid API key")
         return Caller(key_id(key), ADMIN)
     header = request.headers.get("Authorization", "")
@@ -100,7 +116,10 @@ def authenticate(settings: Settings, *, allow_query_token: bool = False) -> Call
             raise _unauthorized("expected Authorization: Bearer <token>")
         return decode_token(settings, token.strip())
     if allow_query_token and request.args.get("token"):
-        return decode_token(settings, request.args["token"])
+        caller = decode_token(settings, request.args["token"])
+        if caller.role != STREAM:
+            raise _unauthorized("?token= takes only stream tokens (POST /auth/stream-token)")
+        return caller
     return None
 
 
@@ -115,9 +134,15 @@ def require(settings: Settings, kind: str, *, allow_query_token: bool = False) -
 
 
 def issue_stream_token(settings: Settings, caller: Caller) -> tuple[str, int]:
+    """A stream token with a subject of its own; `by` names who asked for it (for the logs)."""
     expires = int(time.time()) + settings.stream_token_ttl_s
     token = jwt.encode(
-        {"sub": caller.subject, "role": STREAM, "exp": expires},
+        {
+            "sub": "stream:" + secrets.token_hex(8),
+            "by": caller.subject,
+            "role": STREAM,
+            "exp": expires,
+        },
         settings.jwt_secret,
         algorithm="HS256",
     )

@@ -30,7 +30,7 @@ CODES = {
 }
 RETRY_AFTER_S = 1
 # Request line and headers together; beyond it: 431 (hypercorn only limits a head that
-# arrives in pieces).
+# arrives in pieces; one that arrives whole is parsed whatever its size).
 MAX_HEADER_BYTES = 16 * 1024
 
 
@@ -41,12 +41,15 @@ class ApiError(Exception):
         message: str,
         details: list[Any] | None = None,
         headers: dict[str, str] | None = None,
+        details_total: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
         self.headers = headers or {}
+        # When `details` lists only the first problems: how many there were in all.
+        self.details_total = details_total
 
 
 def unavailable(message: str) -> ApiError:
@@ -54,11 +57,17 @@ def unavailable(message: str) -> ApiError:
 
 
 def error_response(
-    status: int, message: str, details: list[Any] | None = None, headers: dict | None = None
+    status: int,
+    message: str,
+    details: list[Any] | None = None,
+    headers: dict | None = None,
+    details_total: int | None = None,
 ) -> Response:
     body: dict[str, Any] = {"code": CODES.get(status, "ERROR"), "message": message}
     if details is not None:
         body["details"] = details
+    if details_total is not None:
+        body["detailsTotal"] = details_total
     response = _json({"error": body}, status)
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -78,9 +87,11 @@ def install(app: Quart) -> None:
 
     @app.before_request
     async def limit_header_size() -> None:
-        size = sum(len(k) + len(v) + 4 for k, v in request.headers.items())
+        scope = request.scope
+        line = len(request.method) + len(scope["raw_path"]) + len(scope["query_string"]) + 12
+        size = line + sum(len(k) + len(v) + 4 for k, v in request.headers.items())
         if size > MAX_HEADER_BYTES:
-            raise ApiError(431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
+            raise ApiError(431, f"request line and headers larger than {MAX_HEADER_BYTES} bytes")
 
     @app.before_request
     async def assign_request_id() -> None:
@@ -97,7 +108,7 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.message, exc.details, exc.headers)
+        return error_response(exc.status, exc.message, exc.details, exc.headers, exc.details_total)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

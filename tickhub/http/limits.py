@@ -1,11 +1,19 @@
-"""Rate limits and connection caps at the HTTP edge.
+"""Who may call, and how often, at the HTTP edge: authentication plus rate limits.
 
-Each request of a limited group (webhooks, queries, stream connects) is charged to its
-client — the API key's id or the token's subject when authenticated, else the client IP —
-with GCRA (`tickhub.ratelimit`). Refused: 429 with Retry-After and RateLimit-* headers;
-allowed responses carry the RateLimit-* headers too. The client IP is the socket's peer,
-unless that peer is a trusted proxy: then the right-most address of X-Forwarded-For that is
-not itself a trusted proxy.
+`admit()` is the door of every limited route group (webhooks, queries, stream connects):
+- An authenticated request is charged to its client — the API key's id or the token's
+  subject — with GCRA (`tickhub.ratelimit`); an anonymous one to its IP.
+- A request whose credentials fail is charged to its IP as well, against the group's own
+  budget, in a table kept in this process. Once an IP has spent it, any request from it that
+  carries credentials gets 429 before they are even checked: guessing keys is as slow as the
+  limit, and a right guess cannot be told from a wrong one meanwhile.
+- Refused: 429 with Retry-After and RateLimit-* headers; allowed responses carry the
+  RateLimit-* headers too.
+- When the shared limiter (Redis) is out of reach the request is let through (fail open):
+  counted in `tickhub_rate_limit_skipped_total`, logged at most once a minute.
+
+The client IP is the socket's peer, unless that peer is a trusted proxy: then the right-most
+address of X-Forwarded-For that is not itself a trusted proxy.
 """
 
 from __future__ import annotations
@@ -13,15 +21,16 @@ from __future__ import annotations
 import ipaddress
 from functools import cache
 
-import structlog
 from quart import Response, g, request
 
 from tickhub import metrics
+from tickhub.http import auth
+from tickhub.http.auth import Caller
 from tickhub.http.errors import ApiError
-from tickhub.ratelimit import parse_rate
-from tickhub.streams import RedisUnavailable
+from tickhub.logs import Throttled
+from tickhub.ratelimit import Decision, LimiterUnavailable
 
-log = structlog.get_logger(actor="limits")
+_skipped_log = Throttled("limits", "rate limit not checked: limiter unavailable", every_s=60)
 
 
 @cache
@@ -48,26 +57,57 @@ def client_ip(trusted_proxies: tuple[str, ...]) -> str:
     return peer
 
 
-def client_id(svc, caller) -> str:
+def client_id(svc, caller: Caller | None) -> str:
     return caller.subject if caller is not None else "ip:" + client_ip(svc.settings.trusted_proxies)
 
 
-async def enforce(svc, group: str, caller) -> None:
-    """Charge one request of `group` to the caller; raise 429 when over the limit."""
-    rate = parse_rate(getattr(svc.settings, f"rate_limit_{group}"))
-    if rate is None:
-        return
+def _refused(what: str, decision: Decision) -> ApiError:
+    return ApiError(429, what, headers=decision.headers())
+
+
+async def admit(
+    svc, group: str, kind: str, *, required: bool, allow_query_token: bool = False
+) -> Caller | None:
+    """The caller of this request (None: anonymous, when `required` is false), charged one
+    request of `group`; 401/403 for bad credentials, 429 over a limit."""
+    settings = svc.settings
+    rate = settings.rate_limit(group)
+    failures = svc.auth_failures
+    ip = "ip:" + client_ip(settings.trusted_proxies)
+    if rate is not None and auth.presents_credentials(allow_query_token):
+        spent = await failures.check(group, ip, rate, charge=False)
+        if not spent.allowed:
+            metrics.RATE_LIMITED.labels("auth").inc()
+            raise _refused("too many failed authentications", spent)
     try:
-        decision = await svc.limiter.check(group, client_id(svc, caller), rate)
-    except RedisUnavailable:
-        # The shared counters are out of reach: serve rather than refuse everyone (the
-        # webhook then answers 503 for the queue anyway; reads keep working).
+        if required:
+            caller = auth.require(settings, kind, allow_query_token=allow_query_token)
+        else:
+            caller = auth.authenticate(settings, allow_query_token=allow_query_token)
+    except ApiError as exc:
+        if exc.status == 401 and rate is not None:
+            decision = await failures.check(group, ip, rate)
+            if not decision.allowed:
+                metrics.RATE_LIMITED.labels("auth").inc()
+                raise _refused("too many failed authentications", decision) from None
+        raise
+    if rate is not None:
+        await _charge(svc, group, caller.subject if caller is not None else ip, rate)
+    return caller
+
+
+async def _charge(svc, group: str, client: str, rate) -> None:
+    try:
+        decision = await svc.limiter.check(group, client, rate)
+    except LimiterUnavailable as exc:
+        # Serve rather than refuse everyone (the webhook then answers 503 for the queue
+        # anyway; reads keep working).
         metrics.RATE_LIMIT_SKIPPED.inc()
-        log.warning("rate limit not checked: redis unavailable", group=group)
+        _skipped_log.warning(group=group, error=str(exc))
         return
     if not decision.allowed:
         metrics.RATE_LIMITED.labels(group).inc()
-        raise ApiError(429, f"rate limit of {group} exceeded", headers=decision.headers())
+        raise _refused(f"rate limit of {group} exceeded", decision)
     g.ratelimit = decision
 
 

@@ -21,11 +21,11 @@ Number = float
 
 class TickIn(BaseModel):
     symbol: str = Field(description="1-32 of A-Z 0-9 . _ : / - (lower case is upper-cased)")
-    price: Number = Field(gt=0)
+    price: Number = Field(ge=1e-12, le=1e15)
     ts: Number | str = Field(
         description="epoch seconds, epoch milliseconds (> 1e11) or ISO-8601 with a zone"
     )
-    volume: Number = Field(default=0, ge=0)
+    volume: Number = Field(default=0, ge=0, le=1e15)
     idempotencyKey: str | None = Field(
         default=None,
         max_length=128,
@@ -144,7 +144,8 @@ class QueueStats(BaseModel):
     pending: int
     inFlight: int
     completed: int
-    failed: int
+    failed: int = Field(description="batches given up (moved to the dead letters, split mode)")
+    dead: int = Field(description="dead letters waiting (split mode: `tickhub dead-letters`)")
 
 
 class Stats(BaseModel):
@@ -162,13 +163,19 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, str]
-    actors: list[dict[str, Any]]
+    actors: list[dict[str, Any]] = Field(
+        description="at most 50: every permanent actor, then per-symbol ones (troubled first)"
+    )
+    actorStates: dict[str, int] = Field(description="how many actors are in each state")
 
 
 class ErrorDetail(BaseModel):
     code: str
     message: str
     details: list[dict[str, Any]] | None = None
+    detailsTotal: int | None = Field(
+        default=None, description="how many problems there were, when only the first are listed"
+    )
 
 
 class Error(BaseModel):

@@ -18,7 +18,7 @@ from tickhub.http import auth
 from tickhub.http import openapi as doc
 from tickhub.http.app_hooks import on_request_end
 from tickhub.http.errors import ApiError
-from tickhub.http.limits import client_id, enforce
+from tickhub.http.limits import admit, client_id
 from tickhub.http.services import services
 from tickhub.http.validation import SYMBOL
 
@@ -57,11 +57,9 @@ def make_blueprint() -> Blueprint:
         """Live ticks with their 1-minute candle and SMA10 (Server-Sent Events)."""
         svc = services()
         settings = svc.settings
-        if settings.read_auth:
-            caller = auth.require(settings, auth.STREAM, allow_query_token=True)
-        else:
-            caller = auth.authenticate(settings, allow_query_token=True)
-        await enforce(svc, "stream", caller)
+        caller = await admit(
+            svc, "stream", auth.STREAM, required=settings.read_auth, allow_query_token=True
+        )
         hub = svc.hub
         symbols = _symbols()
         client = client_id(svc, caller)

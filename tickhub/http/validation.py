@@ -2,7 +2,14 @@
 
 Per-tick work is the hot path of ingest, so there is no object per tick: each field goes
 straight into a list, and a batch with any problem is rejected whole with the list of
-`{index, field, message}` (API.md). Pure functions; the HTTP layer maps the exceptions.
+`{index, field, message}` (API.md) — the first MAX_PROBLEMS of them, and how many there
+were, so a huge bad batch cannot buy a huge answer. Pure functions; the HTTP layer maps the
+exceptions.
+
+Prices and volumes are refused at the door when the store could not hold them exactly:
+they are kept as `numeric` with 15 significant digits, and the sums a candle and a day's
+metrics carry (volume, price x volume for VWAP) must stay finite doubles on the way out.
+Up to 10^15 for each leaves room for every sum a real market makes; prices start at 10^-12.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ MIN_TS_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z
 MS_THRESHOLD = 1e11  # above this a numeric ts is epoch milliseconds
 MAX_KEY_LEN = 128
 DEFAULT_SOURCE = "webhook"
+PRICE_MIN = 1e-12
+PRICE_MAX = 1e15
+VOLUME_MAX = 1e15
+# Problems listed in a 422 at most; the message says how many there were.
+MAX_PROBLEMS = 100
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -33,12 +45,20 @@ class BadRequest(ValueError):
 
 @attrs.define
 class Invalid(ValueError):
-    """The body is JSON but not a valid batch (422); `details` lists every problem."""
+    """The body is JSON but not a valid batch (422); `details` lists its first problems,
+    `total` counts them all."""
 
     details: list[dict[str, Any]]
+    total: int = attrs.field()
+
+    @total.default
+    def _count(self) -> int:
+        return len(self.details)
 
     def __str__(self) -> str:
-        return f"{len(self.details)} invalid field(s)"
+        if self.total > len(self.details):
+            return f"{self.total} invalid fields; the first {len(self.details)} are listed"
+        return f"{self.total} invalid field(s)"
 
 
 def load_json(body: bytes) -> Any:
@@ -84,6 +104,8 @@ def parse_ts(value: Any, now_us: int, max_skew_us: int) -> int | str:
 
 
 SYMBOL_RULE = "expected 1-32 characters of A-Z 0-9 . _ : / -"
+PRICE_RULE = f"expected a number from {PRICE_MIN:g} to {PRICE_MAX:g}"
+VOLUME_RULE = f"expected a number from 0 to {VOLUME_MAX:g}"
 
 
 def _problem(index: int | None, field: str, message: str) -> dict[str, Any]:
@@ -138,11 +160,13 @@ def parse_ticks(
         if symbol is None:
             problems.append(_problem(index, "symbol", SYMBOL_RULE))
         price = _number(item.get("price"))
-        if price is None or not math.isfinite(price) or price <= 0:
-            problems.append(_problem(index, "price", "expected a finite number above 0"))
+        if price is None or not PRICE_MIN <= price <= PRICE_MAX:
+            problems.append(_problem(index, "price", PRICE_RULE))
         volume = _number(item.get("volume", 0))
-        if volume is None or not math.isfinite(volume) or volume < 0:
-            problems.append(_problem(index, "volume", "expected a finite number of at least 0"))
+        if volume is None or not 0 <= volume <= VOLUME_MAX:
+            problems.append(_problem(index, "volume", VOLUME_RULE))
+        else:
+            volume += 0.0  # -0.0 is 0: one tick, one derived key
         if "ts" not in item:
             problems.append(_problem(index, "ts", "required"))
             ts_us: int | str = 0
@@ -169,7 +193,7 @@ def parse_ticks(
         cols[2].append(price)
         cols[3].append(volume)
     if problems:
-        raise Invalid(problems)
+        raise Invalid(problems[:MAX_PROBLEMS], len(problems))
     received = now_us if received_us is None else received_us
     parts = [
         TickColumns(symbol, source, received, keys, ts, prices, volumes)
@@ -217,6 +241,6 @@ def parse_symbols(doc: Any, *, max_items: int) -> list[SymbolRow]:
             active = True
         rows.append(SymbolRow(symbol, fields["base"].upper(), fields["quote"].upper(), active))
     if problems:
-        raise Invalid(problems)
+        raise Invalid(problems[:MAX_PROBLEMS], len(problems))
     # A symbol listed twice: the last entry wins, as if the items were applied in order.
     return list({row.symbol: row for row in rows}.values())

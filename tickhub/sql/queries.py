@@ -18,6 +18,15 @@ ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
 SMA_WINDOW = 10
 
 
+# ORDER BY the table's column, not the output's `ts` (an expression of it): only then is the
+# answer one entry of the (symbol, ts DESC, idem_key DESC) index, however long the history.
+LATEST_TICK = """
+SELECT h.symbol, extract(epoch FROM h.ts)::float8 AS ts, h.price, h.volume
+FROM ticks_history h WHERE h.symbol = $1
+ORDER BY h.ts DESC, h.idem_key DESC LIMIT 1
+"""
+
+
 def _ts_expr(us: str) -> str:
     return f"timestamptz 'epoch' + ({us})::int8 * interval '1 microsecond'"
 
@@ -50,14 +59,7 @@ class Queries:
         return len(rows)
 
     async def latest_tick(self, symbol: str) -> dict[str, Any] | None:
-        row = await self.db.fetchrow(
-            """
-            SELECT symbol, extract(epoch FROM ts)::float8 AS ts, price, volume
-            FROM ticks_history WHERE symbol = $1
-            ORDER BY ts DESC, idem_key DESC LIMIT 1
-            """,
-            symbol,
-        )
+        row = await self.db.fetchrow(LATEST_TICK, symbol)
         return dict(row) if row else None
 
     async def history(self, symbol: str, limit: int, before_us: int) -> dict[str, Any]:
