@@ -23,8 +23,8 @@ from pathlib import Path
 import asyncpg
 
 from bench.common import RESULTS_DIR, SYMBOLS, append_row, machine, now_stamp, run_bench
-from tickhub.actors.messages import TickColumns
 from tickhub.bridge import open_bridge
+from tickhub.messages import TickColumns
 from tickhub.sql.db import open_database
 from tickhub.sql.embedded import EmbeddedPostgres
 from tickhub.sql.migrate import migrate_up

@@ -38,9 +38,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import trio
 
-from tickhub.actors.messages import TickColumns
 from tickhub.bridge import BridgeTimeout, call_aio
 from tickhub.config import Settings
+from tickhub.messages import TickColumns
 from tickhub.ratelimit import Decision, LimiterUnavailable, Rate, gcra
 
 T = TypeVar("T")

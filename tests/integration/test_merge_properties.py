@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import TABLES
 from tests.consistency import differences
-from tickhub.actors.messages import TickColumns
+from tickhub.messages import TickColumns
 from tickhub.sql.db import Database
 from tickhub.sql.store import TickStore
 

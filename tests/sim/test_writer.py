@@ -10,7 +10,9 @@ import attrs
 import pytest
 import trio
 
-from tickhub.actors.messages import (
+from tickhub.actors.supervisor import ActorHealth
+from tickhub.actors.writer import Writer
+from tickhub.messages import (
     Expired,
     Receipt,
     Rejected,
@@ -18,8 +20,6 @@ from tickhub.actors.messages import (
     TickColumns,
     WriteRequest,
 )
-from tickhub.actors.supervisor import ActorHealth
-from tickhub.actors.writer import Writer
 
 
 @attrs.define

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from tickhub.actors.messages import TickBatch
 from tickhub.http.validation import (
     MAX_KEY_LEN,
     MIN_TS_US,
@@ -34,6 +33,7 @@ from tickhub.http.validation import (
     parse_ticks,
     parse_ts,
 )
+from tickhub.messages import TickBatch
 
 SKEW_S = 60
 SKEW_US = SKEW_S * 1_000_000

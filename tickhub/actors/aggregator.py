@@ -26,8 +26,8 @@ import orjson
 import structlog
 import trio
 
-from tickhub.actors.messages import StoredTick, TickColumns, WriteRequest
 from tickhub.actors.supervisor import ActorHealth
+from tickhub.messages import StoredTick, TickColumns, WriteRequest
 
 log = structlog.get_logger(actor="aggregator")
 

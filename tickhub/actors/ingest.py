@@ -19,8 +19,8 @@ from typing import Protocol
 import attrs
 import trio
 
-from tickhub.actors.messages import Rejected, TickBatch
 from tickhub.actors.pipeline import Overloaded, Pipeline
+from tickhub.messages import Rejected, TickBatch
 from tickhub.streams import RedisLink, RedisUnavailable, encode_batch
 
 # How long a webhook whose flush is already committing at its deadline waits for the commit.

@@ -21,9 +21,9 @@ import trio
 
 from tickhub import metrics
 from tickhub.actors.aggregator import Aggregator, Load, Publisher
-from tickhub.actors.messages import Receipt, SymbolBatch, TickColumns
 from tickhub.actors.supervisor import Supervisor
 from tickhub.actors.writer import Store, Writer
+from tickhub.messages import Receipt, SymbolBatch, TickColumns
 
 log = structlog.get_logger(actor="pipeline")
 

@@ -24,9 +24,9 @@ import trio
 
 from tickhub import metrics
 from tickhub.actors.hub import Hub
-from tickhub.actors.messages import Rejected
 from tickhub.actors.pipeline import Overloaded, Pipeline
 from tickhub.actors.supervisor import ActorHealth
+from tickhub.messages import Rejected
 from tickhub.streams import RedisLink, RedisUnavailable, decode_batch, stream_id
 
 log = structlog.get_logger(actor="relay")

@@ -32,7 +32,8 @@ import structlog
 import trio
 
 from tickhub import metrics
-from tickhub.actors.messages import (
+from tickhub.actors.supervisor import ActorHealth
+from tickhub.messages import (
     Expired,
     FlushOutcome,
     Receipt,
@@ -41,7 +42,6 @@ from tickhub.actors.messages import (
     TickColumns,
     WriteRequest,
 )
-from tickhub.actors.supervisor import ActorHealth
 
 log = structlog.get_logger(actor="writer")
 

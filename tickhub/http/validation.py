@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import orjson
 
-from tickhub.actors.messages import TickBatch, TickColumns
+from tickhub.messages import TickBatch, TickColumns
 
 SYMBOL = re.compile(r"[A-Z0-9._:/\-]{1,32}")
 SOURCE = re.compile(r"[A-Za-z0-9._:/\-]{1,64}")

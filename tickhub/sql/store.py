@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from tickhub.actors.messages import Expired, Rejected, StoredTick, TickColumns
+from tickhub.messages import Expired, Rejected, StoredTick, TickColumns
 from tickhub.sql.db import DATA_FAULTS, CommitRefused, Database
 
 # Exact microsecond arithmetic; float8 → numeric keeps 15 significant digits.
