@@ -9,7 +9,8 @@ import trio
 from tickhub.actors.hub import Hub
 from tickhub.actors.supervisor import Supervisor
 from tickhub.config import load_settings
-from tickhub.http.app import FinishResponses, create_app
+from tickhub.http.app import create_app
+from tickhub.http.server import FinishResponses
 from tickhub.http.services import Services
 
 

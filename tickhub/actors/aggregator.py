@@ -22,12 +22,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
-import orjson
 import structlog
 import trio
 
 from tickhub.actors.supervisor import ActorHealth
 from tickhub.messages import StoredTick, TickColumns, WriteRequest
+from tickhub.wire import event_data
 
 log = structlog.get_logger(actor="aggregator")
 
@@ -53,29 +53,9 @@ def ordered(ticks: TickColumns) -> TickColumns:
     )
 
 
-def live_events(symbol: str, ticks: list[StoredTick]) -> list[bytes]:
-    """One event per stored tick, carrying its candle and SMA10 as stored after the flush."""
-    return [
-        orjson.dumps(
-            {
-                "symbol": symbol,
-                "price": tick.price,
-                "ts": tick.ts_us / 1_000_000,
-                "volume": tick.volume,
-                "sma10": tick.sma10,
-                "candle1m": {
-                    "bucket_start": tick.bucket_start,
-                    "open": tick.open,
-                    "high": tick.high,
-                    "low": tick.low,
-                    "close": tick.close,
-                    "volume": tick.candle_volume,
-                    "count": tick.count,
-                },
-            }
-        )
-        for tick in sorted(ticks, key=lambda t: (t.ts_us, t.key))
-    ]
+def live_events(ticks: list[StoredTick]) -> list[bytes]:
+    """One event per stored tick, in time order, carrying its candle and SMA10."""
+    return [event_data(tick) for tick in sorted(ticks, key=lambda t: (t.ts_us, t.key))]
 
 
 @attrs.define(eq=False)
@@ -142,7 +122,7 @@ class Aggregator:
         async with self.stored_rx:
             async for outcome in self.stored_rx:
                 if outcome.ticks:
-                    events = live_events(self.symbol, outcome.ticks)
+                    events = live_events(outcome.ticks)
                     await self.publisher.publish(self.symbol, events)
                 # Only now: a successor for this symbol must not publish before we have.
                 self.load.answered(outcome.answered)

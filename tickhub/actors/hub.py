@@ -1,50 +1,138 @@
 """The broadcast hub: a topic per symbol, a retained window of recent events for resume, and
 the subscribers (one per SSE connection) it feeds without ever waiting on them.
 
-Each event is encoded once, as its SSE frame, and shared by every subscriber. Event ids grow
-monotonically; in one process they start from the wall clock in microseconds, so ids issued
-after a restart are larger than any issued before it, and a `Last-Event-ID` from a previous
-run falls outside the window and gets `event: reset` instead of a silent gap.
+Each event is encoded once, as its SSE frame, and shared by every subscriber. Publishing is
+synchronous: frames go into the subscribers' bounded buffers, and the connections whose
+socket the server owns are marked for the hub's flush. The hub's one task (`run`) then
+writes each of them once — a whole flush of the writer, every symbol of it, in one write —
+straight to its socket while the kernel has room (Centrifuge's enqueue-then-batch and
+uWebSockets' corking work the same way). No task wakes per client.
+
+Conflated subscribers (`conflate=MS`) get at most one event per symbol per interval: the
+latest tick with its candle and SMA10, counting the ticks it stands for. One conflator per
+interval keeps, per symbol, the latest event not yet sent and when the last one went; the
+first event after a quiet interval goes at once, later ones when the interval is up. Its
+frames are encoded once and shared by every subscriber of that interval and symbol.
+
+Event ids grow monotonically; in one process they start from the wall clock in
+microseconds, so ids issued after a restart are larger than any issued before it, and a
+`Last-Event-ID` from a previous run falls outside the window and gets `event: reset`
+instead of a silent gap.
 """
 
 from __future__ import annotations
 
-import time
+import heapq
+import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
-import orjson
+import trio
 
-from tickhub import metrics
-from tickhub.actors.subscriber import RESET_FRAME, Subscriber
+from tickhub import clock, metrics
+from tickhub.actors.subscriber import Subscriber
+from tickhub.wire import RESET_FRAME, conflated_frame, event_frame
 
 
 @attrs.frozen
 class Event:
     id: int
     symbol: str
+    data: bytes
     frame: bytes
 
 
-def sse_frame(event_id: int, data: bytes) -> bytes:
-    return b"id: %d\ndata: %s\n\n" % (event_id, data)
+@attrs.define(eq=False)
+class _Latest:
+    """A symbol's state in one conflator."""
+
+    sent_at: float  # when its last conflated event went (or -inf)
+    event: Event | None = None  # the latest event not yet sent
+    count: int = 0  # ticks since the last one sent
+    scheduled: bool = False  # a due time is in the heap
+
+
+@attrs.define(eq=False)
+class Conflator:
+    """The conflated subscribers of one interval, and the per-symbol state they share."""
+
+    interval_s: float
+    by_symbol: dict[str, set[Subscriber]] = attrs.field(factory=dict)
+    everything: set[Subscriber] = attrs.field(factory=set)
+    _latest: dict[str, _Latest] = attrs.field(factory=dict)
+    _due: list[tuple[float, str]] = attrs.field(factory=list)  # a heap of (due time, symbol)
+
+    @property
+    def clients(self) -> int:
+        return len(self.everything) + sum(len(s) for s in self.by_symbol.values())
+
+    def targets(self, symbol: str) -> Iterable[Subscriber]:
+        yield from self.everything
+        yield from self.by_symbol.get(symbol, ())
+
+    def wants(self, symbol: str) -> bool:
+        return bool(self.everything) or symbol in self.by_symbol
+
+    def offer(self, event: Event, now: float) -> bytes | None:
+        """Take an event; the frame to send at once (the first after a quiet interval, with
+        the event's id), or None when it waits for its symbol's interval to end."""
+        latest = self._latest.get(event.symbol)
+        if latest is None:
+            latest = self._latest[event.symbol] = _Latest(-math.inf)
+        latest.event, latest.count = event, latest.count + 1
+        if now >= latest.sent_at + self.interval_s:
+            return self._emit(event.symbol, latest, now)
+        return None
+
+    def _emit(self, symbol: str, latest: _Latest, now: float) -> bytes:
+        event, count = latest.event, latest.count
+        assert event is not None
+        latest.event, latest.count, latest.sent_at = None, 0, now
+        if not latest.scheduled:  # to send what comes meanwhile, or to forget the symbol
+            heapq.heappush(self._due, (now + self.interval_s, symbol))
+            latest.scheduled = True
+        return conflated_frame(event.id, event.data, count)
+
+    @property
+    def next_due(self) -> float:
+        return self._due[0][0] if self._due else math.inf
+
+    def pop_due(self, now: float) -> list[tuple[Event, bytes]]:
+        """The frames whose interval is up, with the event each stands for; symbols quiet
+        for a whole interval are forgotten (state is kept only for those trading lately)."""
+        frames = []
+        while self._due and self._due[0][0] <= now:
+            _, symbol = heapq.heappop(self._due)
+            latest = self._latest[symbol]
+            latest.scheduled = False
+            if latest.event is None:
+                del self._latest[symbol]
+            else:
+                event = latest.event
+                frames.append((event, self._emit(symbol, latest, now)))
+        return frames
 
 
 @attrs.define(eq=False)
 class Hub:
     retain: int = 10_000
     client_buffer: int = 256
-    next_id: int = attrs.field(factory=lambda: int(time.time() * 1_000_000))
+    next_id: int = attrs.field(factory=clock.wall_us)
     # How far ahead of our newest id a resume id may be: a gateway a moment behind another
     # serves what comes after it. 0 in one process, where a future id is from another run.
     future_tolerance: int = 0
+    clock: Callable[[], float] = trio.current_time  # conflation intervals
     # Events kept for resume; the oldest falls out when the window is full.
     _window: deque[Event] = attrs.field(init=False)
     _evicted_upto: int = attrs.field(init=False)
     _by_symbol: dict[str, set[Subscriber]] = attrs.field(factory=dict)
     _everything: set[Subscriber] = attrs.field(factory=set)
-    closed: bool = False
+    _conflators: dict[float, Conflator] = attrs.field(factory=dict)
+    # Owned-socket subscribers with frames to write at the next flush.
+    _dirty: set[Subscriber] = attrs.field(factory=set)
+    _kick: trio.Event = attrs.field(factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
         self._window = deque(maxlen=self.retain)
@@ -52,11 +140,20 @@ class Hub:
 
     @property
     def clients(self) -> int:
-        return len(self._everything) + sum(len(s) for s in self._by_symbol.values())
+        plain = len(self._everything) + sum(len(s) for s in self._by_symbol.values())
+        return plain + sum(c.clients for c in self._conflators.values())
 
     @property
     def last_id(self) -> int:
         return self.next_id - 1
+
+    def wants(self, symbol: str) -> bool:
+        """Whether any subscriber would get an event of this symbol now."""
+        return (
+            bool(self._everything)
+            or symbol in self._by_symbol
+            or any(c.wants(symbol) for c in self._conflators.values())
+        )
 
     def publish(self, symbol: str, payloads: Iterable[bytes]) -> None:
         """Publish already-encoded event data for one symbol, in order."""
@@ -65,7 +162,7 @@ class Hub:
 
     def publish_event(self, event_id: int, symbol: str, data: bytes) -> None:
         """Publish with an id given by the producer (ids must grow)."""
-        event = Event(event_id, symbol, sse_frame(event_id, data))
+        event = Event(event_id, symbol, data, event_frame(event_id, data))
         self.next_id = event_id + 1
         if len(self._window) == self._window.maxlen:
             self._evicted_upto = self._window[0].id
@@ -73,45 +170,131 @@ class Hub:
         metrics.HUB_EVENTS.inc()
         for sub in self._everything:
             if event_id > sub.after:
-                sub.deliver(event.frame)
+                self._deliver(sub, event.frame)
         for sub in self._by_symbol.get(symbol, ()):
             if event_id > sub.after:
-                sub.deliver(event.frame)
+                self._deliver(sub, event.frame)
+        if self._conflators:
+            now = self.clock()
+            for conflator in self._conflators.values():
+                if conflator.wants(symbol):
+                    frame = conflator.offer(event, now)
+                    if frame is not None:
+                        self._deliver_conflated(conflator, event, frame)
 
-    def subscribe(self, symbols: frozenset[str] | None, last_id: int | None = None) -> Subscriber:
-        """A new subscriber; with `last_id`, preloaded with every retained event after it, or
-        marked for reset when events after it were already evicted."""
-        sub = Subscriber(symbols, self.client_buffer)
+    def _deliver(self, sub: Subscriber, frame: bytes) -> None:
+        sub.deliver(frame)
+        if sub.sink is not None:
+            self._dirty.add(sub)
+            self._kick.set()
+
+    def _deliver_conflated(self, conflator: Conflator, event: Event, frame: bytes) -> None:
+        for sub in conflator.targets(event.symbol):
+            if event.id > sub.after:
+                self._deliver(sub, frame)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The hub's flush: write out every owned connection that got frames, once, and
+        send the conflated events whose interval is up."""
+        task_status.started()
+        while True:
+            due = min((c.next_due for c in self._conflators.values()), default=math.inf)
+            with trio.move_on_at(due):
+                await self._kick.wait()
+            self._kick = trio.Event()
+            if due <= self.clock():
+                self._send_due()
+            self.flush()
+
+    def _send_due(self) -> None:
+        now = self.clock()
+        for conflator in list(self._conflators.values()):
+            for event, frame in conflator.pop_due(now):
+                self._deliver_conflated(conflator, event, frame)
+
+    def flush(self) -> None:
+        """Hand every owned connection with frames to its sink (synchronous)."""
+        dirty, self._dirty = self._dirty, set()
+        for sub in dirty:
+            if sub.sink is not None and not sub.closed:
+                sub.sink.flush(sub)
+
+    def subscribe(
+        self,
+        symbols: frozenset[str] | None,
+        last_id: int | None = None,
+        conflate_s: float | None = None,
+    ) -> Subscriber:
+        """A new subscriber; with `last_id`, preloaded with every retained event after it
+        (a conflated one with each symbol's latest), or marked for reset when events after
+        it were already evicted."""
+        sub = Subscriber(symbols, self.client_buffer, conflate_s)
         if last_id is not None:
             if last_id < self._evicted_upto or last_id > self.last_id + self.future_tolerance:
                 sub.reset = True
             elif last_id > self.last_id:
                 sub.after = last_id  # we have not seen it yet: serve what comes after it
             else:
-                sub.preload(
-                    e.frame
-                    for e in self._window
-                    if e.id > last_id and (symbols is None or e.symbol in symbols)
-                )
+                sub.preload(self._missed(sub, last_id))
+        by_symbol, everything = self._registry(conflate_s, create=True)
         if symbols is None:
-            self._everything.add(sub)
+            everything.add(sub)
         else:
             for symbol in symbols:
-                self._by_symbol.setdefault(symbol, set()).add(sub)
+                by_symbol.setdefault(symbol, set()).add(sub)
         metrics.SSE_CLIENTS.inc()
         return sub
 
+    def _missed(self, sub: Subscriber, last_id: int) -> list[bytes]:
+        """What a resuming subscriber missed: every retained event after `last_id`, or for a
+        conflated one each symbol's latest of them, counted."""
+        missed = [
+            e
+            for e in self._window
+            if e.id > last_id and (sub.symbols is None or e.symbol in sub.symbols)
+        ]
+        if sub.conflate_s is None:
+            return [e.frame for e in missed]
+        latest: dict[str, tuple[Event, int]] = {}
+        for e in missed:
+            latest[e.symbol] = (e, latest.get(e.symbol, (e, 0))[1] + 1)
+        ordered = sorted(latest.values(), key=lambda pair: pair[0].id)
+        return [conflated_frame(e.id, e.data, n) for e, n in ordered]
+
+    def _registry(
+        self, conflate_s: float | None, *, create: bool = False
+    ) -> tuple[dict[str, set[Subscriber]], set[Subscriber]]:
+        if conflate_s is None:
+            return self._by_symbol, self._everything
+        conflator = self._conflators.get(conflate_s)
+        if conflator is None:
+            conflator = Conflator(conflate_s)
+            if create:
+                self._conflators[conflate_s] = conflator
+        return conflator.by_symbol, conflator.everything
+
     def unsubscribe(self, sub: Subscriber) -> None:
+        by_symbol, everything = self._registry(sub.conflate_s)
         if sub.symbols is None:
-            self._everything.discard(sub)
+            everything.discard(sub)
         else:
             for symbol in sub.symbols:
-                subs = self._by_symbol.get(symbol)
+                subs = by_symbol.get(symbol)
                 if subs is not None:
                     subs.discard(sub)
                     if not subs:
-                        del self._by_symbol[symbol]
+                        del by_symbol[symbol]
+        conflator = self._conflators.get(sub.conflate_s) if sub.conflate_s else None
+        if conflator is not None and not conflator.clients:
+            del self._conflators[sub.conflate_s]
+        self._dirty.discard(sub)
         metrics.SSE_CLIENTS.dec()
+
+    def _all_subscribers(self) -> list[Subscriber]:
+        subs = [*self._everything, *(s for subs in self._by_symbol.values() for s in subs)]
+        for conflator in self._conflators.values():
+            subs += [*conflator.everything, *(s for g in conflator.by_symbol.values() for s in g)]
+        return subs
 
     def mark_start(self, evicted_upto: int) -> None:
         """Ids up to `evicted_upto` are not in the window (a gateway's view of the stream)."""
@@ -122,13 +305,13 @@ class Hub:
         every client reloads, and no resume reaches back across the gap."""
         self._evicted_upto = self.last_id
         self._window.clear()
-        for sub in [*self._everything, *(s for subs in self._by_symbol.values() for s in subs)]:
-            sub.deliver(RESET_FRAME)
+        for sub in self._all_subscribers():
+            self._deliver(sub, RESET_FRAME)
 
     def close(self) -> None:
         """End every stream (graceful stop): subscribers finish what they have and return."""
-        self.closed = True
-        for sub in [*self._everything, *(s for subs in self._by_symbol.values() for s in subs)]:
+        self.flush()
+        for sub in self._all_subscribers():
             sub.close()
 
 
@@ -147,9 +330,3 @@ class NullPublisher:
 
     async def publish(self, symbol: str, payloads: list[bytes]) -> None:
         return None
-
-
-def hello_frame(connected_ms: int, symbols: frozenset[str] | None) -> bytes:
-    filt = None if symbols is None else ",".join(sorted(symbols))
-    data = orjson.dumps({"ok": True, "connectedAt": connected_ms, "filterSymbol": filt})
-    return b"retry: 3000\nevent: hello\ndata: %s\n\n" % data

@@ -157,7 +157,8 @@ async def _run_roles(
     on_serving: Callable[[str], None] | None,
 ) -> None:
     from tickhub.actors.ingest import LocalIngest, StreamIngest
-    from tickhub.http.app import create_app, serve_app
+    from tickhub.http import server
+    from tickhub.http.app import create_app
     from tickhub.http.services import Services
 
     supervisor = Supervisor(
@@ -172,6 +173,8 @@ async def _run_roles(
             settings.sse_client_buffer,
             future_tolerance=GATEWAY_ID_TOLERANCE if link else 0,
         )
+        live_hub = hub  # its state outlives an incarnation of its flush loop
+        await supervisor.start("hub", lambda _: live_hub, restart=True)
     pipeline = await _start_pipeline(settings, supervisor, db, hub, link) if need.pipeline else None
     if pipeline is not None and settings.retention_days > 0:
         from tickhub.actors.retention import RetentionSweeper
@@ -208,7 +211,10 @@ async def _run_roles(
 
     async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve_app(app, settings, http_stop, task_status=task_status)
+            config = server.hypercorn_config(
+                settings.host, settings.default_port, settings.http_idle_timeout_s
+            )
+            await server.serve(app, config, http_stop, task_status=task_status)
         finally:
             http_done.set()
 

@@ -1,19 +1,13 @@
-"""One quart-trio app per process, assembled from the blueprints of its roles, served by
-hypercorn's trio worker inside the supervisor's nursery.
+"""One quart-trio app per process, assembled from the blueprints of its roles (served by
+`http.server` inside the supervisor's nursery).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from tickhub.http import api, errors, limits, openapi, ops, sse, ui
-from tickhub.http.app_hooks import run_request_end
 from tickhub.http.services import Services
 
 ROLE_ROUTES = {
@@ -72,65 +66,3 @@ def _install_cors(
                 response.headers["Access-Control-Max-Age"] = "600"
             response.headers["Access-Control-Expose-Headers"] = "x-request-id, Retry-After"
         return response
-
-
-def hypercorn_config(host: str, port: int, idle_timeout_s: float) -> Config:
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 5
-    # Idle and header-reading connections are closed after this: a slow-loris client that
-    # trickles its request head never holds a connection longer. (No read timeout: an SSE
-    # client sends nothing while it listens.)
-    config.keep_alive_timeout = idle_timeout_s
-    config.h11_max_incomplete_size = 16 * 1024  # request line + headers; beyond it: 431
-    return config
-
-
-class FinishResponses:
-    """ASGI wrapper: the last message of a response is sent shielded from cancellation, and
-    the request's end hooks (`app_hooks.on_request_end`) run when its call ends.
-
-    hypercorn closes a connection that must close (for instance after answering a request
-    whose body never arrived) from inside that send, in the request's task; quart-trio
-    cancels that task as soon as the client side ends, which interrupted the close half-way
-    and left the socket open for as long as a slow client liked. The send itself cannot hang:
-    hypercorn writes with its own shield and the close does not wait for the peer."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        async def send_last_shielded(message: dict) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                with trio.CancelScope(shield=True):
-                    await send(message)
-            else:
-                await send(message)
-
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        try:
-            await self.app(scope, receive, send_last_shielded)
-        finally:
-            run_request_end(scope)
-
-
-async def serve_app(
-    app: QuartTrio,
-    settings: Any,
-    stop: trio.Event,
-    *,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve until `stop` is set; report the bound port(s) to the starter."""
-    config = hypercorn_config(settings.host, settings.default_port, settings.http_idle_timeout_s)
-    await serve(
-        FinishResponses(app),
-        config,
-        shutdown_trigger=stop.wait,
-        task_status=task_status,
-        mode="asgi",
-    )

@@ -1,5 +1,5 @@
 """Work that must run when a request's ASGI call ends, however it ends: registered by a
-handler, run by `app.FinishResponses` (quart runs nothing of a response body whose client
+handler, run by `server.FinishResponses` (quart runs nothing of a response body whose client
 went away before the body started)."""
 
 from __future__ import annotations

@@ -1,26 +1,35 @@
-"""The gateway role's live stream, `GET /realtime/ticks`: one subscriber per connection.
+"""The gateway role's live stream, `GET /realtime/ticks`: the handshake (credentials,
+limits, the query, connection caps) and one subscriber per connection.
 
-The response never times out while the client is connected; when the client goes away the
-response task is cancelled and the `finally` below removes its subscriber at once; a client
-gone before the body even started is released when its request ends (`on_request_end`).
+Two ways out, the same stream on either:
+- The usual one: the connection is the server's own (`http.stream`, marked in the scope's
+  extensions). The handler hands the subscription back in the scope and answers with the
+  stream's head only; the server then writes the body straight to the socket and releases
+  the subscription when the connection ends.
+- A stream request that came some other way (a keep-alive connection that served other
+  requests first): the body is streamed through ASGI. When the client goes away the
+  response task is cancelled and the `finally` below removes its subscriber at once; a
+  client gone before the body even started is released when its request ends.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from quart import Blueprint, Response, request
 from quart_schema import document, tag
 
-from tickhub.actors.hub import hello_frame
+from tickhub import clock
 from tickhub.http import auth
 from tickhub.http import openapi as doc
 from tickhub.http.app_hooks import on_request_end
 from tickhub.http.errors import ApiError
 from tickhub.http.limits import admit, client_id
 from tickhub.http.services import services
+from tickhub.http.stream import OWN_SOCKET, SCOPE_KEY, Accepted
 from tickhub.http.validation import SYMBOL
+from tickhub.wire import hello_frame
 
 
 def _symbols() -> frozenset[str] | None:
@@ -32,6 +41,23 @@ def _symbols() -> frozenset[str] | None:
     if bad or len(symbols) > 100:
         raise ApiError(400, "symbols must be up to 100 valid symbols, comma-separated")
     return symbols or None
+
+
+CONFLATE_MS = (50, 60_000)
+
+
+def _conflate_ms() -> int:
+    raw = request.args.get("conflate")
+    if raw is None or raw == "0":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    low, high = CONFLATE_MS
+    if not low <= value <= high:
+        raise ApiError(400, f"conflate must be 0 or milliseconds from {low} to {high}")
+    return value
 
 
 def _last_event_id() -> int | None:
@@ -69,10 +95,14 @@ def make_blueprint() -> Blueprint:
             raise ApiError(
                 429, "too many stream connections from this client", headers={"Retry-After": "5"}
             )
+        conflate_ms = _conflate_ms()
         svc.streams[client] = svc.streams.get(client, 0) + 1
-        subscriber = hub.subscribe(symbols, _last_event_id())  # before the head: no gap
+        # Subscribed before the head goes out: nothing published from then on is missed.
+        subscriber = hub.subscribe(
+            symbols, _last_event_id(), conflate_ms / 1000 if conflate_ms else None
+        )
         keepalive_s = svc.settings.sse_keepalive_ms / 1000
-        hello = hello_frame(int(time.time() * 1000), symbols)
+        hello = hello_frame(clock.wall_ms(), symbols, conflate_ms)
         released = False
 
         def release() -> None:
@@ -84,17 +114,22 @@ def make_blueprint() -> Blueprint:
                 if not svc.streams[client]:
                     del svc.streams[client]
 
-        # Also when the client is gone before quart starts the body (then it never runs).
-        on_request_end(release)
+        if OWN_SOCKET in request.scope.get("extensions", {}):
+            request.scope[SCOPE_KEY] = Accepted(subscriber, hello, keepalive_s, release)
+            body: Any = b""
+        else:
+            # Also when the client is gone before quart starts the body (then it never runs).
+            on_request_end(release)
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in subscriber.frames(hello, keepalive_s):
-                    yield chunk
-            finally:
-                release()
+            async def streamed() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in subscriber.frames(hello, keepalive_s):
+                        yield chunk
+                finally:
+                    release()
 
-        response = Response(body(), content_type="text/event-stream")
+            body = streamed()
+        response = Response(body, content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
         response.timeout = None
