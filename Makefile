@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8080
 
-.PHONY: up test lint ui bench soak chromium clean
+.PHONY: up test lint ui bench soak system-deps clean
 
 # Runtime dependencies from the lock file (the Dockerfile installs the same file).
 $(VENV)/.runtime: requirements.lock pyproject.toml
@@ -31,18 +31,27 @@ tickhub/ui/vendor/.installed: tickhub/ui/package.json tickhub/ui/package-lock.js
 up: $(VENV)/.runtime ui
 	$(BIN)/tickhub up --port $(PORT)
 
-# Debian's chromium for the browser tests (Playwright drives it; it never downloads one).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium from apt"; \
+# What the tests need from Debian, installed when missing: chromium for the browser tests
+# (Playwright drives it; it never downloads one), libatomic1, which Playwright's bundled
+# Node.js driver links and a minimal Debian lacks, and locales, the glibc locale sources the
+# collation tests build an en_US locale from.
+SYSTEM_TEST_PACKAGES := chromium libatomic1 locales
+system-deps:
+	@command -v dpkg-query >/dev/null 2>&1 || exit 0; \
+	missing=$$(for p in $(SYSTEM_TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
+	done); \
+	[ -z "$$missing" ] || { \
+	  echo "installing from apt:" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check tickhub tests bench
 	$(BIN)/ruff format --check tickhub tests bench
 
-test: $(VENV)/.dev ui chromium
+test: $(VENV)/.dev ui system-deps
 	$(BIN)/ruff check tickhub tests bench
 	$(BIN)/python -m pytest
 
