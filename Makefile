@@ -19,14 +19,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/python -m pip install -q -r requirements-dev.lock
 	touch $@
 
-# The dashboard's chart library, pinned in tickhub/ui/package-lock.json.
+# The front-end files pinned in tickhub/ui/package-lock.json (the dashboard's chart library,
+# Swagger UI for /docs), by the code the wheel's build hook runs too (tickhub/ui/assets.py).
 ui: tickhub/ui/vendor/.installed
-tickhub/ui/vendor/.installed: tickhub/ui/package.json tickhub/ui/package-lock.json
-	cd tickhub/ui && npm ci --no-audit --no-fund --silent
-	mkdir -p tickhub/ui/vendor
-	cp tickhub/ui/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.mjs tickhub/ui/vendor/
-	cp tickhub/ui/node_modules/lightweight-charts/LICENSE tickhub/ui/vendor/lightweight-charts.LICENSE
-	touch $@
+tickhub/ui/vendor/.installed: tickhub/ui/package.json tickhub/ui/package-lock.json tickhub/ui/assets.py
+	$(PYTHON) -m tickhub.ui.assets
 
 up: $(VENV)/.runtime ui
 	$(BIN)/tickhub up --port $(PORT)
