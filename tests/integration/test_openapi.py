@@ -3,6 +3,8 @@ Swagger UI at /docs."""
 
 from __future__ import annotations
 
+import re
+
 
 async def test_openapi_describes_every_route(tickhub):
     response = await tickhub.get("/openapi.json")
@@ -43,7 +45,17 @@ async def test_openapi_describes_every_route(tickhub):
     assert "TickIn" in document["components"]["schemas"]
 
 
-async def test_swagger_ui_is_served(tickhub):
+async def test_swagger_ui_is_served_from_the_server_itself(tickhub):
+    """Every file the page loads comes from this server (no CDN), and is there."""
     response = await tickhub.get("/docs")
     assert response.status_code == 200
     assert "swagger" in response.text.lower()
+    assert "script-src" not in response.headers["content-security-policy"]  # 'self' only
+    refs = re.findall(r'(?:src|href|data-openapi-url)="([^"#]+)"', response.text)
+    own = [ref for ref in refs if ref.startswith("/")]
+    assert {"/docs/init.js", "/docs/vendor/swagger-ui-bundle.js", "/openapi.json"} <= set(own)
+    assert [ref for ref in refs if ref not in own and not ref.startswith("data:")] == [
+        "https://swagger.io/tools/swagger-ui/"  # the credit's link, not loaded
+    ]
+    for ref in own:
+        assert (await tickhub.get(ref)).status_code == 200, ref

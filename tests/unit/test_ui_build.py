@@ -169,8 +169,9 @@ def test_package_lock_pins_the_front_end_packages() -> None:
         pinned = lock["packages"][f"node_modules/{name}"]
         assert pinned["version"] == version
         assert pinned["integrity"].startswith("sha512-")
-    # The version the page names in its licence notice.
+    # The versions the pages name in their licence notices.
     assert "Lightweight Charts™ 5.2.1" in (UI_DIR / "index.html").read_text()
+    assert "Swagger UI</a> 5.35.0" in (UI_DIR / "docs" / "index.html").read_text()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from tickhub.http import api, errors, limits, openapi, ops, sse, ui
+from tickhub.http import api, docs, errors, limits, openapi, ops, sse, ui
 from tickhub.http.app_hooks import run_request_end
 from tickhub.http.services import Services
 
@@ -34,6 +34,7 @@ def create_app(svc: Services) -> QuartTrio:
     openapi.install(app)
     parts = {part for role in svc.enabled_roles for part in ROLE_ROUTES[role]}
     app.register_blueprint(ops.make_ops_blueprint())
+    app.register_blueprint(docs.make_blueprint())
     if "api" in parts:
         app.register_blueprint(api.make_blueprint(settings.api_prefix))
         app.register_blueprint(ops.make_health_blueprint("api_health", settings.api_prefix))

@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 document (`/openapi.json`) and Swagger UI (`/docs`), via quart-schema.
+"""The OpenAPI 3.1 document (`/openapi.json`), via quart-schema (Swagger UI at `/docs` is
+`http.docs`, served from the package).
 
 The models below describe the wire shapes of API.md for the document only: requests are
 validated by `http.validation` (columnar, on the hot path), not by these models. The SSE
@@ -217,7 +218,7 @@ def install(app: Any) -> None:
     QuartSchema(
         app,
         openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
+        swagger_ui_path=None,  # served from the package by `http.docs`, not from a CDN
         redoc_ui_path=None,
         scalar_ui_path=None,
         info={"title": "tickhub", "version": __version__},
