@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -15,6 +16,9 @@ from quart_trio import QuartTrio
 from tickhub.http import api, docs, errors, limits, openapi, ops, sse, ui
 from tickhub.http.app_hooks import run_request_end
 from tickhub.http.services import Services
+from tickhub.ui import assets
+
+log = structlog.get_logger(actor="http")
 
 ROLE_ROUTES = {
     "api": ("api", "ui"),
@@ -45,9 +49,26 @@ def create_app(svc: Services) -> QuartTrio:
         app.register_blueprint(
             ui.make_blueprint(settings.ui_api_base_url, settings.ui_realtime_url)
         )
+    _check_assets(svc, serves_dashboard="ui" in parts)
     _install_cors(app, settings.cors_allow_origins, settings.allow_origins)
     app.after_request(limits.add_headers)
     return app
+
+
+def _check_assets(svc: Services, *, serves_dashboard: bool) -> None:
+    """Say at start-up, and in readiness, when the vendored front-end files are missing (an
+    install from a tree where neither `make ui` nor the wheel's build hook ran): otherwise the
+    only sign is a dashboard without a chart and a blank /docs."""
+    absent = assets.missing()
+    if absent:
+        log.warning(
+            "front-end files missing: the dashboard cannot draw its chart and /docs cannot "
+            "render; run `make ui`, or install tickhub from a wheel built with npm",
+            missing=absent,
+            directory=str(assets.UI_DIR),
+        )
+    if serves_dashboard:
+        svc.dashboard = "missing" if assets.missing(files=assets.DASHBOARD) else "ok"
 
 
 def _install_cors(
