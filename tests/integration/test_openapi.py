@@ -1,6 +1,7 @@
-"""The API describes itself: an OpenAPI 3.1 document with every route (the SSE route
-included) that client tools accept — openapi-spec-validator for the process serving every
-role and for each role alone — and the Swagger UI at /docs."""
+"""The API describes itself: an OpenAPI 3.2 document with every route (the SSE route and its
+events included) that client tools accept — openapi-spec-validator for the process serving
+every role and for each role alone, JSON Schema 2020-12 for the event schemas — and the
+Swagger UI at /docs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from typing import Any
 
 import pytest
+from jsonschema.validators import Draft202012Validator
 from openapi_spec_validator import validate
 
 from tests.conftest import make_settings
@@ -27,7 +29,7 @@ async def test_openapi_describes_every_route(tickhub):
     response = await tickhub.get("/openapi.json")
     assert response.status_code == 200
     document = response.json()
-    assert document["openapi"].startswith("3.1")
+    assert document["openapi"].startswith("3.2")
     paths = document["paths"]
     expected = {
         ("post", "/api/v1/webhooks/ticks"),
@@ -54,7 +56,13 @@ async def test_openapi_describes_every_route(tickhub):
     assert {"202", "401", "413", "415", "422", "503"} <= set(map(str, ingest["responses"]))
     assert "requestBody" in ingest
     stream = paths["/realtime/ticks"]["get"]["responses"]["200"]
-    assert "text/event-stream" in stream["content"]
+    events = stream["content"]["text/event-stream"]["itemSchema"]
+    assert {e["properties"]["event"]["const"] for e in events["oneOf"]} == {
+        "hello",
+        "message",
+        "reset",
+        "ping",
+    }
     body = ingest["requestBody"]["content"]["application/json"]["schema"]
     assert {"source", "items"} <= set(body["properties"])
     invalid = ingest["responses"]["422"]["content"]["application/json"]["schema"]
@@ -65,6 +73,11 @@ async def test_openapi_describes_every_route(tickhub):
 async def test_the_document_of_every_role_together_is_valid(tickhub):
     document = (await tickhub.get("/openapi.json")).json()
     check_document(document)
+    # openapi-spec-validator does not look inside itemSchema: check it as the JSON Schema it is.
+    events = document["paths"]["/realtime/ticks"]["get"]["responses"]["200"]["content"]
+    Draft202012Validator.check_schema(events["text/event-stream"]["itemSchema"])
+    for component in document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(component)
 
 
 @pytest.mark.parametrize("role", ["api", "gateway", "consumer", "feeder"])
