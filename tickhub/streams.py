@@ -39,6 +39,7 @@ import redis.exceptions
 import trio
 
 from tickhub.bridge import BridgeTimeout, call_aio
+from tickhub.clock import wall_us
 from tickhub.config import Settings
 from tickhub.messages import TickColumns
 from tickhub.ratelimit import Decision, LimiterUnavailable, Rate, gcra
@@ -130,8 +131,7 @@ class StreamNames:
 
 # The atomic step of GCRA (`tickhub.ratelimit.gcra` decides): read the key's TAT and, when
 # charging, store the next one if the request is allowed — the same comparison as `gcra`, on
-# the same doubles. Returns the TAT it read; floats travel as strings (Redis truncates Lua
-# numbers to integers).
+# the same whole microseconds (exact in Lua's doubles). Returns the TAT it read.
 GCRA_SCRIPT = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -140,9 +140,10 @@ local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat or tat < now then tat = now end
 local new_tat = tat + interval
 if ARGV[4] == '1' and now >= new_tat - period then
-  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
+             'PX', math.ceil((new_tat - now) / 1000) + 1000)
 end
-return tostring(tat)
+return string.format('%.0f', tat)
 """
 
 
@@ -338,20 +339,20 @@ class RedisLink:
     async def gcra_tat(
         self,
         key: str,
-        now: float,
-        interval: float,
-        period: float,
+        now: int,
+        interval: int,
+        period: int,
         *,
         charge: bool,
         timeout_s: float,
     ) -> float:
-        """The TAT of `key` (seconds) before this request; stores the next one when `charge`
-        and the request is allowed (GCRA_SCRIPT)."""
+        """The TAT of `key` (microseconds) before this request; stores the next one when
+        `charge` and the request is allowed (GCRA_SCRIPT)."""
         if self._gcra is None:
             self._gcra = self.client.register_script(GCRA_SCRIPT)
-        args = [repr(now), repr(interval), repr(period), "1" if charge else "0"]
+        args = [now, interval, period, "1" if charge else "0"]
         tat = await self._bridge(self._gcra, [key], args, timeout_s=timeout_s)
-        return float(tat)
+        return int(tat)
 
     # --- the updates stream ---------------------------------------------------------------
 
@@ -445,7 +446,7 @@ class RedisLimiter:
     prefix: str = "ratelimit"
     timeout_s: float = 0.25  # a healthy Redis answers in well under a millisecond
     retry_s: float = 5.0
-    clock: Callable[[], float] = time.time  # shared by every process: wall-clock seconds
+    clock: Callable[[], int] = wall_us  # shared by every process: the wall clock
     _skip_until: float = -math.inf
 
     async def check(self, group: str, client: str, rate: Rate, *, charge: bool = True) -> Decision:
@@ -456,8 +457,8 @@ class RedisLimiter:
             tat = await self.link.gcra_tat(
                 f"{self.prefix}:{group}:{client}",
                 now,
-                rate.interval_s,
-                rate.period_s,
+                rate.interval_us,
+                rate.period_us,
                 charge=charge,
                 timeout_s=self.timeout_s,
             )

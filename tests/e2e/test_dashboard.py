@@ -18,7 +18,7 @@ from tests.e2e.conftest import CHROMIUM, Console, Server
 
 if not CHROMIUM.exists():
     pytest.skip(
-        f"{CHROMIUM} is missing: apt-get install chromium (or `make chromium`)",
+        f"{CHROMIUM} is missing: apt-get install chromium (or `make system-deps`)",
         allow_module_level=True,
     )
 

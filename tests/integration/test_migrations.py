@@ -23,7 +23,7 @@ async def _tables(db) -> set[str]:
     return {r[0] for r in rows}
 
 
-ALL = ["0001_schema", "0002_brin_received_at"]
+ALL = ["0001_schema", "0002_brin_received_at", "0003_keys_collate_c"]
 
 
 async def _index_method(db, index: str) -> str:
@@ -41,6 +41,7 @@ async def test_up_down_up(pg):
         assert {"ticks_history", "ohlc_1m", "metrics_1m", "symbols"} <= await _tables(db)
         assert await migration_status(db) == [(name, True) for name in ALL]
         assert await _index_method(db, "ticks_history_received_at") == "brin"
+        assert await migrate_down(db, 1) == ["0003_keys_collate_c"]
         assert await migrate_down(db, 1) == ["0002_brin_received_at"]
         assert await _index_method(db, "ticks_history_received_at") == "btree"
         assert await _index_method(db, "ticks_raw_received_at") == "btree"

@@ -5,16 +5,20 @@ documented content type and a body that matches its schema (API.md, ARCHITECTURE
 
 The webhooks get the `x-api-key` header. Rate limits are off in the fuzzed process (a 429 would
 depend on timing); a second process with tight limits checks the 429 answers on their own.
-`GET /realtime/ticks` streams forever, so it is fuzzed by hand: headers only, then closed.
-Each operation runs at most 25 examples per mode.
+`GET /realtime/ticks` streams forever: schemathesis reads each stream for a second (or 20
+events) and checks every event it read against the documented `itemSchema` (ST108 "SSE event
+violates schema"), while ticks are posted and keepalives are due every 250 ms, so hello, tick,
+reset and ping events are all checked. Each operation runs at most 25 examples per mode.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -71,6 +75,8 @@ OPERATIONS = {
     "GET /ops/metrics": False,
 }
 STREAM = "GET /realtime/ticks"
+KEEPALIVE_MS = 250  # so that every stream read carries `event: ping` too
+STREAM_READ_S = 1.0
 
 KNOWN: dict = {}  # (operation, mode) → marks, for a known bug while it is open
 
@@ -153,7 +159,8 @@ def live(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
     trio.run(reset)
     off = {"RATE_LIMIT_WEBHOOKS": "0", "RATE_LIMIT_QUERIES": "0", "RATE_LIMIT_STREAM": "0"}
-    proc, url = start(pg_url, tmp_path_factory.mktemp("schemathesis") / "tickhub.log", **off)
+    log = tmp_path_factory.mktemp("schemathesis") / "tickhub.log"
+    proc, url = start(pg_url, log, SSE_KEEPALIVE_MS=str(KEEPALIVE_MS), **off)
     try:
         seed(url)
         yield url
@@ -205,37 +212,73 @@ def test_operation_conforms_to_its_schema(schema, live, label, mode):
     assert runs > 0
 
 
-def test_stream_conforms_to_its_schema(schema, live):
-    """The SSE route by hand: documented status and content type; error bodies validated;
-    a 200 is closed right after its headers."""
-    op = operation(schema, STREAM)
-    statuses = set()
-    documented = set(op.responses.status_codes)
+def event_kinds(content: bytes) -> set[str]:
+    """The kinds of the events in a read stream (`message` for the default type)."""
+    kinds = set()
+    for block in content.decode().replace("\r\n", "\n").split("\n\n"):
+        fields = dict(
+            line.partition(": ")[::2] for line in block.split("\n") if line and line[0] != ":"
+        )
+        if "data" in fields:
+            kinds.add(fields.get("event", "message"))
+    return kinds
 
-    @SETTINGS
+
+@contextmanager
+def ticking(url: str) -> Iterator[None]:
+    """Ticks for SEEDED posted every 100 ms while the block runs: live events to read."""
+    stop = threading.Event()
+
+    def post() -> None:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=10) as client:
+            n = 0
+            while not stop.wait(0.1):
+                item = {"symbol": SEEDED, "price": 100 + n % 5, "ts": time.time(), "volume": 1}
+                client.post("/api/v1/webhooks/ticks", json={"source": "live", "items": [item]})
+                n += 1
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_every_stream_event_conforms_to_its_schema(schema, live):
+    """Schemathesis reads each stream it opens for a second and checks the events it read; a
+    stale `lastEventId` makes the stream reset, and the explicit cases cover the filters."""
+    op = operation(schema, STREAM)
+    kinds: set[str] = set()
+    statuses: set[int] = set()
+    explicit = [
+        {},
+        {"symbol": SEEDED},
+        {"symbols": f"{SEEDED},ETHUSDT"},
+        {"symbol": "ETHUSDT"},  # quiet: keepalives
+        {"lastEventId": "1"},  # long gone: reset
+    ]
+
+    def read(case: Any) -> None:
+        response = case.call_and_validate(
+            base_url=live, headers=AUTH, checks=CHECKS, timeout=STREAM_READ_S
+        )
+        statuses.add(response.status_code)
+        if response.status_code == 200:
+            kinds.update(event_kinds(response.content))
+
+    @settings(SETTINGS, max_examples=8)
     @given(case=st.one_of(op.as_strategy(), op.as_strategy(GenerationMode.NEGATIVE)))
     def check(case: Any) -> None:
-        kwargs = case.as_transport_kwargs(base_url=live)
-        with (
-            httpx.Client(timeout=10) as client,
-            client.stream(
-                kwargs["method"],
-                kwargs["url"],
-                params=kwargs.get("params"),
-                headers=kwargs.get("headers"),
-            ) as response,
-        ):
-            statuses.add(response.status_code)
-            assert response.status_code < 500
-            assert str(response.status_code) in documented
-            if response.status_code == 200:
-                assert response.headers["content-type"].startswith("text/event-stream")
-                return
-            response.read()
-            case.validate_response(response, checks=CHECKS)
+        read(case)
 
-    check()
+    with ticking(live):
+        for query in explicit:
+            read(op.Case(query=query))
+        check()
     assert 200 in statuses
+    assert kinds >= {"hello", "message", "reset", "ping"}, kinds
 
 
 # --- what fuzzing found -------------------------------------------------------------------

@@ -210,7 +210,7 @@ async def test_interrupted_and_resumed_posts_every_row_exactly_once(
     rows = rng.randint(50, 400)
     batch_size = rng.choice([1, 7, 50, 128])
     path = write_csv(tmp_path / "trades.csv", rows, seed=seed)
-    expected_keys = {f"trades:{line}" for line in range(2, rows + 2)}
+    expected_keys = {f"trades:{line:010d}" for line in range(2, rows + 2)}
     api = FakeApi()
     interruptions = 0
     while True:
@@ -312,7 +312,22 @@ async def test_columns_in_any_order_and_extra_columns(tmp_path: Path) -> None:
     await replay_csv(path, api)
     (item,) = api.posted_items
     assert (item["symbol"], item["price"], item["ts"]) == ("BTCUSDT", 5.5, 1730425200.0)
-    assert item["idempotencyKey"].startswith("t:2:")
+    assert item["idempotencyKey"].startswith("t:0000000002:")
+
+
+async def test_same_timestamp_trades_keep_file_order(tmp_path: Path) -> None:
+    """The api breaks ties in ts by key (a candle's open is the smallest, its close the
+    largest), so the derived keys of rows sharing a ts must sort in file order, line 10 after
+    line 9 included."""
+    path = tmp_path / "burst.csv"
+    prices = [100 + n for n in range(12)]
+    path.write_text("symbol,ts,price,volume\n" + "".join(f"BTCUSDT,{T0},{p},1\n" for p in prices))
+    api = FakeApi()
+
+    await replay_csv(path, api)
+
+    by_tie_break = sorted(api.posted_items, key=lambda i: (i["ts"], i["idempotencyKey"]))
+    assert [i["price"] for i in by_tie_break] == prices
 
 
 async def test_start_ts_skips_earlier_rows(tmp_path: Path) -> None:

@@ -128,6 +128,23 @@ def test_symbols_take_price_base_and_volatility_per_symbol() -> None:
     assert (eth.price, eth.sigma) == (100.0, 0.002)
 
 
+def test_default_symbols_walk_from_their_own_prices() -> None:
+    """The demo's first chart: bitcoin near its level, ether near its own (not bitcoin's),
+    each moving by its own volatility."""
+    gen = generator({})
+    items = gen.batch(400, 1.8e9, 0.01)
+    prices = {s: [i["price"] for i in items if i["symbol"] == s] for s in gen.symbols}
+
+    assert gen.symbols == ("BTCUSDT", "ETHUSDT")
+    assert all(40_000 < p < 120_000 for p in prices["BTCUSDT"])
+    assert all(1_000 < p < 6_000 for p in prices["ETHUSDT"])
+
+    def spread(series: list[float]) -> float:
+        return statistics.pstdev(log_returns(series))
+
+    assert spread(prices["ETHUSDT"]) > 1.2 * spread(prices["BTCUSDT"])
+
+
 def test_tick_size_override() -> None:
     gen = generator({"SYMBOLS": "BTCUSDT"}, tick_size=PerSymbol(0.5))
     assert all(i["price"] % 0.5 == 0 for i in gen.batch(500, 1.8e9, 0.01))

@@ -1,4 +1,5 @@
-"""The dashboard's static build (`tickhub ui build`) and its page modules.
+"""The dashboard's static build (`tickhub ui build`), its page modules, and the rule that
+vendors the front-end files (`tickhub.ui.assets`, run by `make ui` and the wheel's build hook).
 
 The build tests run on a copy of tickhub/ui with stand-in vendor files, so they need neither
 `make ui` nor the network. The page tests run the real ES modules under Node (skipped without
@@ -8,6 +9,8 @@ The build tests run on a copy of tickhub/ui with stand-in vendor files, so they 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import shutil
@@ -16,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tickhub.ui import build
+from tickhub.ui import assets, build
+from tickhub.ui.assets import AssetsError
 from tickhub.ui.build import UiBuildError, build_static, page_files
 
 UI_DIR = Path(build.__file__).parent
@@ -54,11 +58,15 @@ def node_eval(script: str) -> object:
 
 
 def load_config(path: Path) -> dict[str, object]:
+    """What config.js exports, evaluated as the page's module loader does: as an ES module.
+
+    Imported from a data: URL, by its content: Node reads a `.js` file outside a package with
+    `"type": "module"` (a built site) as CommonJS, and Node 18, which Debian and Ubuntu LTS
+    ship, refuses its `export` there instead of detecting the syntax as Node 22 does."""
     text = path.read_text(encoding="utf-8")
     if NODE:
-        return node_eval(
-            f"import c from {json.dumps(path.as_uri())}; console.log(JSON.stringify(c));"
-        )
+        module = "data:text/javascript;base64," + base64.b64encode(text.encode()).decode()
+        return node_eval(f"import c from {json.dumps(module)}; console.log(JSON.stringify(c));")
     match = re.search(r"^export default (\{.*\});$", text, re.MULTILINE)
     assert match, text
     return json.loads(match.group(1))
@@ -151,14 +159,58 @@ def test_content_types_let_browsers_run_the_modules() -> None:
     assert build.content_type("vendor/lightweight-charts.LICENSE").startswith("text/plain")
 
 
-def test_package_lock_pins_the_chart_library() -> None:
+def test_package_lock_pins_the_front_end_packages() -> None:
     package = json.loads((UI_DIR / "package.json").read_text())
     lock = json.loads((UI_DIR / "package-lock.json").read_text())
 
-    assert package["dependencies"] == {"lightweight-charts": "5.2.1"}
-    pinned = lock["packages"]["node_modules/lightweight-charts"]
-    assert pinned["version"] == "5.2.1"
-    assert pinned["integrity"].startswith("sha512-")
+    pins = {"lightweight-charts": "5.2.1", "swagger-ui-dist": "5.35.0"}
+    assert package["dependencies"] == pins
+    for name, version in pins.items():
+        pinned = lock["packages"][f"node_modules/{name}"]
+        assert pinned["version"] == version
+        assert pinned["integrity"].startswith("sha512-")
+    # The versions the pages name in their licence notices.
+    assert "Lightweight Charts™ 5.2.1" in (UI_DIR / "index.html").read_text()
+    assert "Swagger UI</a> 5.35.0" in (UI_DIR / "docs" / "index.html").read_text()
+
+
+@pytest.fixture
+def no_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+@pytest.fixture
+def lock_only(tmp_path: Path) -> Path:
+    """A dashboard directory as a clean checkout has it: the lock, nothing installed."""
+    ui = tmp_path / "checkout-ui"
+    ui.mkdir()
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(UI_DIR / name, ui / name)
+    return ui
+
+
+def test_building_without_npm_says_what_to_install(lock_only: Path, no_npm: None) -> None:
+    with pytest.raises(AssetsError, match=r"npm was not found.*Node\.js 18 or newer"):
+        assets.build_vendor(lock_only)
+    assert assets.missing(lock_only) == list(assets.VENDORED)
+
+
+def test_vendor_built_for_this_lock_needs_no_npm(lock_only: Path, no_npm: None) -> None:
+    """A build after `make ui` (or the image's, whose files are already in place) does not
+    need npm; a lock that changed since does."""
+    for name in assets.VENDORED:
+        (lock_only / name).parent.mkdir(parents=True, exist_ok=True)
+        (lock_only / name).write_text("stand-in\n")
+    digest = hashlib.sha256((lock_only / "package-lock.json").read_bytes()).hexdigest()
+    (lock_only / assets.STAMP).write_text(digest + "\n")
+
+    assert assets.build_vendor(lock_only) is False
+
+    (lock_only / "package-lock.json").write_text("{}\n")
+    with pytest.raises(AssetsError, match="npm was not found"):
+        assets.build_vendor(lock_only)
 
 
 @needs_node

@@ -39,7 +39,11 @@ class Publisher(Protocol):
 
 
 def ordered(ticks: TickColumns) -> TickColumns:
-    """The same ticks sorted by (ts, key), so the writer sees each symbol in time order."""
+    """The same ticks sorted by (ts, key), so the writer sees each symbol in time order.
+
+    Python compares keys by code point, which is UTF-8 byte order: the order of the keys'
+    `COLLATE "C"` in SQL (migration 0003), so a tie in ts is broken here as the flush
+    statement and the REST queries break it."""
     ts = ticks.ts_us
     if all(ts[i] <= ts[i + 1] for i in range(len(ts) - 1)):
         return ticks

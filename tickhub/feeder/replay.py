@@ -17,12 +17,19 @@ Pacing: with `speed` s, a row is posted (ts - ts0) / s seconds after the first r
 no row waits more than `flush_ms` for its batch.
 
 Exactly once: a tick's idempotency key is its `id` column, or else `{file stem}:{line}:{crc32
-of the line}`, so a resumed replay re-posts the same keys and the api counts each once. After
+of the line}` with the line number zero-padded to ten digits, so a resumed replay re-posts the
+same keys and the api counts each once. The api breaks ties in `ts` by key, so the padding is
+what keeps same-timestamp trades in file order (unpadded, line 10 sorted before line 9 and a
+candle's open or close came from the wrong trade). After
 every acknowledged batch the checkpoint `{file, size, mtime, offset, line}` is written
 atomically (temporary file, fsync, rename); a later run resumes after `line`. A batch that was
 in flight when a run was interrupted is posted again, as duplicates the api ignores. A
 checkpoint whose file has changed (size or mtime) is refused: delete it to start over.
 Inserting or deleting lines in a file without an `id` column re-keys the rows after the edit.
+A replay resumed from a checkpoint written with the unpadded keys goes on after its line as
+usual (the rows before it are not posted again), but the batch that was in flight when that
+run stopped is posted again under padded keys, which the api takes for new ticks: up to one
+batch is stored twice. To stay exact, finish such a replay with the version that began it.
 """
 
 from __future__ import annotations
@@ -224,7 +231,7 @@ class _Reader:
         key = fields[cols["id"]].strip() if "id" in cols else ""
         if not key:
             crc = zlib.crc32(raw.rstrip(b"\r\n"))
-            key = f"{self._stem}:{self.line}:{crc:08x}"
+            key = f"{self._stem}:{self.line:010d}:{crc:08x}"
         item = {"symbol": symbol, "price": price, "ts": ts, "volume": volume, "idempotencyKey": key}
         return Row(self.line, self.offset, ts, item)
 

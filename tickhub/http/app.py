@@ -4,11 +4,15 @@
 
 from __future__ import annotations
 
+import structlog
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from tickhub.http import api, errors, limits, openapi, ops, sse, ui
+from tickhub.http import api, docs, errors, limits, openapi, ops, sse, ui
 from tickhub.http.services import Services
+from tickhub.ui import assets
+
+log = structlog.get_logger(actor="http")
 
 ROLE_ROUTES = {
     "api": ("api", "ui"),
@@ -28,6 +32,7 @@ def create_app(svc: Services) -> QuartTrio:
     openapi.install(app)
     parts = {part for role in svc.enabled_roles for part in ROLE_ROUTES[role]}
     app.register_blueprint(ops.make_ops_blueprint())
+    app.register_blueprint(docs.make_blueprint())
     if "api" in parts:
         app.register_blueprint(api.make_blueprint(settings.api_prefix))
         app.register_blueprint(ops.make_health_blueprint("api_health", settings.api_prefix))
@@ -38,9 +43,26 @@ def create_app(svc: Services) -> QuartTrio:
         app.register_blueprint(
             ui.make_blueprint(settings.ui_api_base_url, settings.ui_realtime_url)
         )
+    _check_assets(svc, serves_dashboard="ui" in parts)
     _install_cors(app, settings.cors_allow_origins, settings.allow_origins)
     app.after_request(limits.add_headers)
     return app
+
+
+def _check_assets(svc: Services, *, serves_dashboard: bool) -> None:
+    """Say at start-up, and in readiness, when the vendored front-end files are missing (an
+    install from a tree where neither `make ui` nor the wheel's build hook ran): otherwise the
+    only sign is a dashboard without a chart and a blank /docs."""
+    absent = assets.missing()
+    if absent:
+        log.warning(
+            "front-end files missing: the dashboard cannot draw its chart and /docs cannot "
+            "render; run `make ui`, or install tickhub from a wheel built with npm",
+            missing=absent,
+            directory=str(assets.UI_DIR),
+        )
+    if serves_dashboard:
+        svc.dashboard = "missing" if assets.missing(files=assets.DASHBOARD) else "ok"
 
 
 def _install_cors(

@@ -1,9 +1,14 @@
-"""The OpenAPI 3.1 document (`/openapi.json`) and Swagger UI (`/docs`), via quart-schema.
+"""The OpenAPI document (`/openapi.json`), via quart-schema (Swagger UI at `/docs` is
+`http.docs`, served from the package).
 
 The models below describe the wire shapes of API.md for the document only: requests are
 validated by `http.validation` (columnar, on the hot path), not by these models. The SSE
 route's `text/event-stream` response is added by the provider, which quart-schema cannot
-express from a model.
+express from a model: each event the stream sends is described by the media type's
+`itemSchema`, which OpenAPI 3.2 defines for sequential media types (hence `openapi: 3.2.0`;
+3.2 is 3.1 plus such additions). An event is read as a parser sees it — `event` (`message`
+when the server names none), `data`, `id` and `retry` — and its JSON `data` is described with
+`contentMediaType` / `contentSchema`, so schemathesis checks every event it reads.
 """
 
 from __future__ import annotations
@@ -196,21 +201,121 @@ class StreamQuery(BaseModel):
 
 STREAM_DESCRIPTION = """\
 Server-Sent Events. First `retry: 3000` and `event: hello`; then one default-type event per
-stored tick: `id: <n>` and `data: {"symbol","price","ts","volume","sma10","candle1m":{...}}`.
+stored tick: `id: <n>` and `data: {"symbol","price","ts","volume","sma10","candle1m":{...}}`
+(with `conflate=MS`, at most one per symbol and interval, with `"conflated": n`).
 Keepalive `: ping <ms>` (plus `event: ping`) every SSE_KEEPALIVE_MS. Resume with the
-`Last-Event-ID` header or `lastEventId`; `event: reset` when that id left the window."""
+`Last-Event-ID` header or `lastEventId`; `event: reset` when that id left the window, or
+after this client's buffer overflowed: reload history."""
+
+OPENAPI_VERSION = "3.2.0"
+_NUMBER = {"type": "number"}
+_SYMBOL = {"type": "string", "pattern": "^[A-Z0-9._:/-]{1,32}$"}
+_EVENT_ID = {"type": "string", "pattern": "^[0-9]+$"}
+
+
+def _obj(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed object: these properties, all required but `optional`, nothing else."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+    }
+
+
+# The JSON carried in the `data` of the stream's events (aggregator.live_events, hub, subscriber).
+STREAM_SCHEMAS: dict[str, Any] = {
+    "StreamHello": _obj(
+        {
+            "ok": {"const": True},
+            "connectedAt": {"type": "integer", "description": "epoch milliseconds"},
+            "filterSymbol": {
+                "type": ["string", "null"],
+                "description": "the subscribed symbols, comma-separated; null: all",
+            },
+        }
+    ),
+    "StreamCandle": _obj(
+        {
+            "bucket_start": {"type": "integer", "description": "the minute's start, epoch s"},
+            "open": _NUMBER,
+            "high": _NUMBER,
+            "low": _NUMBER,
+            "close": _NUMBER,
+            "volume": _NUMBER,
+            "count": {"type": "integer", "minimum": 1},
+        }
+    ),
+    "StreamTick": _obj(
+        {
+            "symbol": _SYMBOL,
+            "price": {"type": "number", "exclusiveMinimum": 0},
+            "ts": {"type": "number", "description": "epoch seconds"},
+            "volume": {"type": "number", "minimum": 0},
+            "sma10": {
+                "type": ["number", "null"],
+                "description": "mean close of this and the 9 candles before; null: fewer",
+            },
+            "candle1m": {"$ref": "#/components/schemas/StreamCandle"},
+            "conflated": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "conflate=MS only: how many ticks this event stands for",
+            },
+        },
+        optional=("conflated",),
+    ),
+    "StreamReset": _obj({"reason": {"enum": ["stale", "overflow"]}}),
+}
+
+
+def _event(name: str, data: dict[str, Any], *, with_id: bool = False) -> dict[str, Any]:
+    """One kind of event as a parser reads it. `id` is optional unless `with_id`: a parser
+    carries the last id it saw over to the events after it."""
+    properties: dict[str, Any] = {"event": {"const": name}, "data": data, "id": _EVENT_ID}
+    required = ["event", "data", "id"] if with_id else ["event", "data"]
+    if name == "hello":  # its frame starts with the reconnection delay for EventSource
+        properties["retry"] = {"const": 3000}
+        required.append("retry")
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def _json(component: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"$ref": f"#/components/schemas/{component}"},
+    }
+
+
+STREAM_EVENT = {
+    "oneOf": [
+        _event("hello", _json("StreamHello")),
+        _event("message", _json("StreamTick"), with_id=True),
+        _event("reset", _json("StreamReset")),
+        _event("ping", {"type": "string", "pattern": "^[0-9]+$", "description": "epoch ms"}),
+    ],
+    "description": "one event of the stream: hello, a tick (default type), reset or ping",
+}
 
 
 class _Provider(OpenAPIProvider):
     def schema(self) -> dict[str, Any]:
         document = super().schema()
+        document["openapi"] = OPENAPI_VERSION
         stream = document["paths"].get("/realtime/ticks", {}).get("get")
         if stream is not None:
             stream["responses"][200] = {
                 "description": "the live event stream",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"itemSchema": STREAM_EVENT}},
             }
             stream["description"] = STREAM_DESCRIPTION
+            document["components"]["schemas"].update(STREAM_SCHEMAS)
         metrics_route = document["paths"].get("/ops/metrics", {}).get("get")
         if metrics_route is not None:
             metrics_route["responses"][200] = {
@@ -224,7 +329,7 @@ def install(app: Any) -> None:
     QuartSchema(
         app,
         openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
+        swagger_ui_path=None,  # served from the package by `http.docs`, not from a CDN
         redoc_ui_path=None,
         scalar_ui_path=None,
         info={"title": "tickhub", "version": __version__},

@@ -5,9 +5,12 @@ unreachable or an actor has failed, with the failing check and the actor table.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response
-from quart_schema import document, tag
+from quart_schema import document, operation_id, tag
 
 from tickhub.http import openapi as doc
 from tickhub.http.api import json_response
@@ -35,10 +38,26 @@ async def prometheus() -> Response:
     return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
 
+def _named(view: Callable[[], Awaitable[Response]], name: str) -> Callable:
+    """`view` under an operationId of its own: the same health routes are mounted by several
+    roles, and an OpenAPI document's operation ids must be unique (client generators name
+    their methods after them)."""
+
+    @functools.wraps(view)  # keeps the OpenAPI annotations of `view`
+    async def route() -> Response:
+        return await view()
+
+    return operation_id(name)(route)
+
+
 def make_health_blueprint(name: str, prefix: str) -> Blueprint:
     bp = Blueprint(name, __name__, url_prefix=prefix)
-    bp.add_url_rule("/health/liveness", "liveness", liveness, methods=["GET"])
-    bp.add_url_rule("/health/readiness", "readiness", readiness, methods=["GET"])
+    bp.add_url_rule(
+        "/health/liveness", "liveness", _named(liveness, f"{name}_liveness"), methods=["GET"]
+    )
+    bp.add_url_rule(
+        "/health/readiness", "readiness", _named(readiness, f"{name}_readiness"), methods=["GET"]
+    )
     return bp
 
 

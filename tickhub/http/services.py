@@ -33,6 +33,8 @@ class Services:
     # Failed authentications per IP, in this process whatever the mode (http.limits.admit).
     auth_failures: MemoryLimiter = attrs.field(factory=MemoryLimiter)
     streams: dict[str, int] = attrs.field(factory=dict)  # open SSE connections per client
+    # "ok" or "missing": the dashboard's vendored chart library (processes serving the page).
+    dashboard: str | None = None
     queries: Queries | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -60,6 +62,11 @@ class Services:
             checks["feeder"] = "ok" if self.feeder.ready() else "not posting"
         actors_ok = self.supervisor.healthy
         ok = actors_ok and all(v in ("ok", "n/a") for v in checks.values())
+        if self.dashboard is not None:
+            # Reported, not failed: without its chart library the process still ingests,
+            # answers the API and streams, and an orchestrator acting on a 503 would take all
+            # of that away to "fix" a page. The start-up log says how to build the files.
+            checks["dashboard"] = self.dashboard
         actors, states = self.supervisor.view()
         body = {
             "status": "ready" if ok else "not_ready",

