@@ -99,7 +99,7 @@ class Running:
 
 
 async def start_tickhub(nursery: trio.Nursery, settings: Settings) -> Running:
-    from tickhub.actors.roles import run_process
+    from tickhub.process import run_process
 
     stop, done, served = trio.Event(), trio.Event(), trio.Event()
     box: list[str] = []

@@ -38,7 +38,7 @@ def _tune_gc() -> None:
 
 
 def _run(settings: Settings, on_serving: Any = None) -> None:
-    from tickhub.actors.roles import run_process
+    from tickhub.process import run_process
 
     _tune_gc()
     try:
@@ -239,12 +239,9 @@ def feed() -> None:
     """Post synthetic ticks to ORCHESTRATOR_BASE_URL until Ctrl-C (`run --role feeder` adds
     the ops server)."""
     from tickhub.feeder.feeder import Feeder
-    from tickhub.feeder.synthetic import VolumeModel
 
     settings = _settings().feeder
-    feeder = Feeder(
-        settings, tick_size=settings.tick_size, volume=VolumeModel.parse(settings.volume)
-    )
+    feeder = Feeder(settings)
     trio.run(_until_signal, feeder.run)
 
 
@@ -328,7 +325,7 @@ def _with_redis(work: Any) -> Any:
 
     async def main_() -> Any:
         from tickhub.bridge import open_bridge
-        from tickhub.streams import RedisUnavailable, StreamNames, open_redis
+        from tickhub.redis.link import RedisUnavailable, StreamNames, open_redis
 
         names = StreamNames(
             f"{settings.queue_prefix}:{settings.ticks_queue}", settings.pubsub_channel

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -37,6 +38,58 @@ class PerSymbol:
 
     def for_symbol(self, symbol: str) -> float:
         return dict(self.overrides).get(symbol, self.default)
+
+
+# Volumes are rounded to millionths, the finest lot size of common venues.
+_LOT = 1_000_000
+
+
+@attrs.frozen
+class VolumeModel:
+    """The feeder's distribution of tick volumes (FEEDER_VOLUME): `exp:MEAN`,
+    `lognormal:MEDIAN,SIGMA`, `uniform:LOW,HIGH` or `const:VALUE`."""
+
+    kind: str
+    a: float
+    b: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> VolumeModel:
+        kind, _, args = text.strip().partition(":")
+        try:
+            numbers = [float(x) for x in args.split(",")] if args else []
+        except ValueError:
+            numbers = []
+        arity = {"exp": 1, "const": 1, "lognormal": 2, "uniform": 2}.get(kind.strip().lower())
+        if arity is None or len(numbers) != arity or not all(map(math.isfinite, numbers)):
+            raise ValueError(
+                "expected exp:MEAN, lognormal:MEDIAN,SIGMA, uniform:LOW,HIGH or const:VALUE"
+            )
+        model = cls(kind.strip().lower(), *numbers)
+        valid = {
+            "exp": model.a > 0,
+            "const": model.a >= 0,
+            "lognormal": model.a > 0 and model.b >= 0,
+            "uniform": 0 <= model.a <= model.b,
+        }[model.kind]
+        if not valid:
+            raise ValueError(f"{text!r}: volumes must be at least 0 (and MEAN, MEDIAN above 0)")
+        return model
+
+    def sample(self, rng: random.Random, n: int) -> list[float]:
+        rnd = rng.random
+        if self.kind == "exp":
+            log, mean = math.log, self.a
+            draws = [-log(1.0 - rnd()) * mean for _ in range(n)]
+        elif self.kind == "lognormal":
+            mu = math.log(self.a)
+            draws = [rng.lognormvariate(mu, self.b) for _ in range(n)]
+        elif self.kind == "uniform":
+            low, width = self.a, self.b - self.a
+            draws = [low + width * rnd() for _ in range(n)]
+        else:
+            draws = [self.a] * n
+        return [round(v * _LOT) / _LOT for v in draws]
 
 
 def env(name: str, default: Any = attrs.NOTHING, **kw: Any) -> Any:
@@ -112,7 +165,7 @@ class FeederSettings:
     # Price increment per symbol; unset: a power of ten about a millionth of the base price.
     tick_size: PerSymbol | None = env("TICK_SIZE", None)
     # Volume distribution: exp:MEAN, lognormal:MEDIAN,SIGMA, uniform:LO,HI or const:V.
-    volume: str = env("FEEDER_VOLUME", "exp:0.5")
+    volume: VolumeModel = env("FEEDER_VOLUME", VolumeModel("exp", 0.5))
     # How many ticks the feeder keeps while the api is unreachable before it stops generating.
     buffer_max: int = env("FEEDER_BUFFER_MAX", 100_000, validator=_positive)
 
@@ -121,12 +174,6 @@ class FeederSettings:
             raise SettingsError(f"RPS={self.rps!r}: expected ticks per second from 0.1 to 100000")
         if not 0 <= self.jitter < 1:
             raise SettingsError(f"JITTER={self.jitter!r}: expected a fraction from 0 to below 1")
-        from tickhub.feeder.synthetic import VolumeModel  # here: feeder imports config
-
-        try:
-            VolumeModel.parse(self.volume)
-        except ValueError as exc:
-            raise SettingsError(f"FEEDER_VOLUME={self.volume!r}: {exc}") from None
         checked = [("PRICE_BASE", self.price_base), ("VOLATILITY", self.volatility)]
         if self.tick_size is not None:
             checked.append(("TICK_SIZE", self.tick_size))
@@ -320,6 +367,7 @@ converter.register_structure_hook(int, _int)
 converter.register_structure_hook(float, _float)
 converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
 converter.register_structure_hook(PerSymbol, _per_symbol)
+converter.register_structure_hook(VolumeModel, lambda raw, _t: VolumeModel.parse(str(raw)))
 # "0" (no limit) structures to None: the fields are `Rate | None`.
 converter.register_structure_hook(Rate, lambda raw, _t: parse_rate(str(raw)))
 

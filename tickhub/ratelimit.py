@@ -3,9 +3,10 @@
 interval; a request is refused while the TAT is more than a whole period ahead. One number
 per client, no timers, bursts up to the limit.
 
-`MemoryLimiter` keeps the TATs in this process (one process: `all`); `streams.RedisLimiter`
-keeps them in Redis (one atomic script call per request) so every api instance shares the
-limit. Both decide with the one `gcra()` below; Redis only reads and stores the TAT.
+`MemoryLimiter` keeps the TATs in this process (one process: `all`);
+`redis.limiter.RedisLimiter` keeps them in Redis (one atomic script call per request) so
+every api instance shares the limit. Both decide with the one `gcra()` below; Redis only
+reads and stores the TAT.
 """
 
 from __future__ import annotations

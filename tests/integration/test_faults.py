@@ -17,6 +17,7 @@ from tests.consistency import differences
 from tests.integration.test_pipeline import ticks
 from tickhub.actors.retention import RetentionSweeper
 from tickhub.actors.supervisor import ActorHealth
+from tickhub.sql.retention import TickRetention
 
 
 def test_a_crash_loop_ends_the_process_with_a_failure(spawn, tmp_path):
@@ -113,7 +114,9 @@ async def test_retention_deletes_old_ticks_and_keeps_candles(tickhub, db):
         "UPDATE ticks_raw SET received_at = now() - interval '10 days' WHERE symbol = 'OLD'"
     )
     candles = await db.fetch("SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start")
-    sweeper = RetentionSweeper(db, 7, ActorHealth("retention", True), batch=7, pause_s=0)
+    sweeper = RetentionSweeper(
+        TickRetention(db), 7, ActorHealth("retention", True), batch=7, pause_s=0
+    )
     deleted = await sweeper.sweep()
     assert deleted == {"ticks_raw": 20, "ticks_history": 20}  # in batches of 7
     left = await db.fetch("SELECT DISTINCT symbol FROM ticks_history")

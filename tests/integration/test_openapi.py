@@ -13,9 +13,9 @@ from jsonschema.validators import Draft202012Validator
 from openapi_spec_validator import validate
 
 from tests.conftest import make_settings
-from tickhub.actors.roles import expand
 from tickhub.http.app import create_app
 from tickhub.http.services import Services
+from tickhub.process import spec_of
 
 
 def check_document(document: dict[str, Any]) -> None:
@@ -83,7 +83,7 @@ async def test_the_document_of_every_role_together_is_valid(tickhub):
 @pytest.mark.parametrize("role", ["api", "gateway", "consumer", "feeder"])
 async def test_the_document_of_each_role_alone_is_valid(role):
     settings = make_settings(None, roles=(role,))
-    app = create_app(Services(settings, supervisor=None, enabled_roles=expand((role,))))
+    app = create_app(Services(settings, supervisor=None), spec_of((role,)).routes)
     response = await app.test_client().get("/openapi.json")
     assert response.status_code == 200
     check_document(await response.get_json())

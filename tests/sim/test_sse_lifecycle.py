@@ -34,7 +34,7 @@ def _scope(path: str = "/realtime/ticks") -> dict:
 
 async def _services(nursery: trio.Nursery) -> Services:
     settings = load_settings({"API_KEY": "k"})
-    return Services(settings, Supervisor(nursery), hub=Hub(), enabled_roles=("gateway",))
+    return Services(settings, Supervisor(nursery), hub=Hub())
 
 
 async def _connect_and_vanish(app, started_sends: int) -> None:
@@ -61,7 +61,7 @@ async def _connect_and_vanish(app, started_sends: int) -> None:
 async def test_a_client_gone_before_the_response_starts_leaves_no_subscriber():
     async with trio.open_nursery() as nursery:
         svc = await _services(nursery)
-        app = FinishResponses(create_app(svc))
+        app = FinishResponses(create_app(svc, frozenset({"gateway"})))
         for started in (0, 1, 2):  # gone before the head, after it, after the hello
             await _connect_and_vanish(app, started)
             assert svc.hub.clients == 0, started
@@ -74,7 +74,7 @@ async def test_an_event_published_as_the_head_goes_out_reaches_the_client():
     then on must reach it, even before the body has begun."""
     async with trio.open_nursery() as nursery:
         svc = await _services(nursery)
-        app = FinishResponses(create_app(svc))
+        app = FinishResponses(create_app(svc, frozenset({"gateway"})))
         body = bytearray()
         got_it = trio.Event()
 

@@ -18,7 +18,6 @@ from tickhub.feeder.client import (
     RejectedError,
     RetryPolicy,
     open_webhook_client,
-    split_symbol,
 )
 
 BASE = "http://api.test/api/v1"
@@ -221,22 +220,6 @@ async def test_upsert_symbols() -> None:
             {"symbol": "ETH-USD", "base": "ETH", "quote": "USD", "active": True},
         ]
     }
-
-
-@pytest.mark.parametrize(
-    ("symbol", "expected"),
-    [
-        ("BTCUSDT", ("BTC", "USDT")),
-        ("ETHBUSD", ("ETH", "BUSD")),
-        ("ETHBTC", ("ETH", "BTC")),
-        ("BTC/EUR", ("BTC", "EUR")),
-        ("SOL_USDC", ("SOL", "USDC")),
-        ("AAPL", ("AAPL", "")),
-        ("USDT", ("USDT", "")),
-    ],
-)
-def test_split_symbol(symbol: str, expected: tuple[str, str]) -> None:
-    assert split_symbol(symbol) == expected
 
 
 async def test_rejects_a_url_without_scheme() -> None:

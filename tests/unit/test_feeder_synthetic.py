@@ -10,11 +10,10 @@ from decimal import Decimal
 
 import pytest
 
-from tickhub.config import PerSymbol, load_settings
+from tickhub.config import VolumeModel, load_settings
 from tickhub.feeder.synthetic import (
     PriceWalk,
     TickGenerator,
-    VolumeModel,
     default_tick_size,
 )
 
@@ -146,7 +145,7 @@ def test_default_symbols_walk_from_their_own_prices() -> None:
 
 
 def test_tick_size_override() -> None:
-    gen = generator({"SYMBOLS": "BTCUSDT"}, tick_size=PerSymbol(0.5))
+    gen = generator({"SYMBOLS": "BTCUSDT", "TICK_SIZE": "0.5"})
     assert all(i["price"] % 0.5 == 0 for i in gen.batch(500, 1.8e9, 0.01))
 
 

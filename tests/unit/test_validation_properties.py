@@ -21,19 +21,18 @@ from tickhub.http.validation import (
     MIN_TS_US,
     PRICE_MAX,
     PRICE_MIN,
-    SYMBOL,
     VOLUME_MAX,
     BadRequest,
     Invalid,
     SymbolRow,
     derived_key,
     load_json,
-    normal_symbol,
     parse_symbols,
     parse_ticks,
     parse_ts,
 )
 from tickhub.messages import TickBatch
+from tickhub.symbols import SYMBOL, normal_symbol
 
 SKEW_S = 60
 SKEW_US = SKEW_S * 1_000_000

@@ -21,7 +21,7 @@ import trio
 
 from tickhub.actors.pipeline import Overloaded, Pipeline
 from tickhub.messages import Rejected, TickBatch
-from tickhub.streams import RedisLink, RedisUnavailable, encode_batch
+from tickhub.redis.link import RedisLink, RedisUnavailable, encode_batch
 
 # How long a webhook whose flush is already committing at its deadline waits for the commit.
 COMMIT_GRACE_S = 1.0

@@ -96,7 +96,6 @@ class Pipeline:
     admission: Admission = attrs.field(factory=lambda: Admission(50_000))
     aggregator_idle_s: float = math.inf
     max_aggregators: int = 4096
-    writer: Writer | None = None
     completed: int = 0
     failed: int = 0
     # By recency of use: the first is the least recently busy.
@@ -109,7 +108,7 @@ class Pipeline:
         self._writer_tx = tx
 
         def make_writer(health: Any) -> Writer:
-            self.writer = Writer(
+            return Writer(
                 rx.clone(),
                 self.store,
                 health,
@@ -118,7 +117,6 @@ class Pipeline:
                 self.concurrency,
                 self.flush_timeout_s,
             )
-            return self.writer
 
         await self.supervisor.start("writer", make_writer, restart=True, mailbox=rx)
 
@@ -224,7 +222,8 @@ class Pipeline:
 
     def stats(self) -> dict[str, int]:
         """Ticks waiting (`pending`), being stored (`inFlight`), stored, failed."""
-        queued = self.writer.queued_rows if self.writer else 0
+        writer = self.supervisor.current("writer")
+        queued = writer.queued_rows if writer is not None else 0
         return {
             "pending": queued,
             "inFlight": max(self.admission.pending - queued, 0),

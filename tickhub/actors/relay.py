@@ -26,8 +26,9 @@ from tickhub import metrics
 from tickhub.actors.hub import Hub
 from tickhub.actors.pipeline import Overloaded, Pipeline
 from tickhub.actors.supervisor import ActorHealth
+from tickhub.backoff import Backoff
 from tickhub.messages import Rejected
-from tickhub.streams import RedisLink, RedisUnavailable, decode_batch, stream_id
+from tickhub.redis.link import RedisLink, RedisUnavailable, decode_batch, stream_id
 
 log = structlog.get_logger(actor="relay")
 
@@ -56,6 +57,7 @@ class StreamConsumer:
     _in_flight: set[str] = attrs.field(factory=set)
     # Refused entries waiting to be tried again: (due at, entry id, payload).
     _retries: list[tuple[float, str, bytes]] = attrs.field(factory=list)
+    _backoff: Backoff = attrs.field(factory=Backoff)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await self.link.ensure_group()
@@ -74,14 +76,13 @@ class StreamConsumer:
 
     async def _read_through_outages(self, acks_tx: trio.MemorySendChannel) -> None:
         """Read; while Redis is unreachable, wait with backoff (an outage is not a crash)."""
-        delay = 0.1
         while True:
             try:
                 await self._read(acks_tx)
             except RedisUnavailable as exc:
+                delay = self._backoff.next()
                 log.warning("ticks stream unreachable; retrying", error=str(exc), retry_in_s=delay)
                 await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _read(self, acks_tx: trio.MemorySendChannel) -> None:
         # Our own pending entries first (we restarted mid-batch), then new ones; now and then
@@ -98,6 +99,7 @@ class StreamConsumer:
             for entry in entries:
                 await self._submit(entry, acks_tx)
             await self._retry_due(acks_tx)
+            self._backoff.reset()
             self.health.touch()
 
     async def _retry_due(self, acks_tx: trio.MemorySendChannel) -> None:
@@ -186,7 +188,7 @@ class StreamConsumer:
             log.error("entry moved to the dead letters", entry=entry_id, error=error)
 
     async def _ack(self, ids: list[str]) -> None:
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 await self.link.ack(ids)
@@ -194,8 +196,7 @@ class StreamConsumer:
             except RedisUnavailable as exc:
                 # Not acknowledging is safe (redelivery is idempotent); keep trying a while.
                 log.warning("ack failed; retrying", error=str(exc), entries=len(ids))
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await trio.sleep(backoff.next())
 
 
 @attrs.define
@@ -230,15 +231,14 @@ class RedisPublisher:
     async def publish(self, symbol: str, payloads: list[bytes]) -> None:
         # Retried until it lands: dropping them would be a silent gap for every gateway.
         # Meanwhile the aggregator waits, and backpressure reaches the writer and ingest.
-        delay = 0.1
+        backoff = Backoff()
         while payloads:
             try:
                 await self.link.publish_updates(symbol, payloads, self.maxlen)
                 return
             except RedisUnavailable as exc:
                 log.warning("updates stream unreachable; retrying", error=str(exc))
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await trio.sleep(backoff.next())
 
 
 @attrs.define
@@ -251,20 +251,18 @@ class UpdatesRelay:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await self._preload()
         task_status.started()
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
-                await self._follow()
+                await self._follow(backoff)
             except RedisUnavailable as exc:
+                delay = backoff.next()
                 log.warning(
                     "updates stream unreachable; reconnecting", error=str(exc), retry_in_s=delay
                 )
                 await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 if await self._missed_some():
                     self.hub.reset_all()
-                continue
-            delay = 0.1
 
     async def _preload(self) -> None:
         """Fill the resume window from the stream, so a restarted gateway can resume too."""
@@ -278,10 +276,11 @@ class UpdatesRelay:
             self.hub.publish_event(eid, symbol, data)
             self.last_id = eid
 
-    async def _follow(self) -> None:
+    async def _follow(self, backoff: Backoff) -> None:
         after = "$" if self.last_id is None else stream_id(self.last_id)
         while True:
             events = await self.link.read_updates(after, 1000, BLOCK_MS)
+            backoff.reset()
             for eid, symbol, data in events:
                 self.hub.publish_event(eid, symbol, data)
                 self.last_id = eid

@@ -7,45 +7,25 @@ advisory lock); the others skip their turn.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
-import asyncpg
 import attrs
 import structlog
 import trio
 
 from tickhub.actors.supervisor import ActorHealth
-from tickhub.sql.db import Database, DatabaseUnavailable
+from tickhub.sql.db import DatabaseUnavailable
 
 log = structlog.get_logger(actor="retention")
 
-LOCK_KEY = 0x7469636B72657465  # "tickrete"
-TABLES = ("ticks_raw", "ticks_history")
-_DELETE = """
-WITH doomed AS (
-    SELECT ctid FROM {table} WHERE received_at < to_timestamp($1) LIMIT $2
-)
-DELETE FROM {table} t USING doomed d WHERE t.ctid = d.ctid
-"""
 
-
-async def _sweep(conn: asyncpg.Connection, cutoff_s: float, batch: int) -> dict[str, int] | None:
-    """One batch per table under the lock; None when another process holds the lock."""
-    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
-        return None
-    try:
-        deleted = {}
-        for table in TABLES:
-            status = await conn.execute(_DELETE.format(table=table), cutoff_s, batch)
-            deleted[table] = int(status.split()[-1])
-        return deleted
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+class Sweepable(Protocol):
+    async def delete_batch(self, cutoff_s: float, batch: int) -> dict[str, int] | None: ...
 
 
 @attrs.define
 class RetentionSweeper:
-    db: Database
+    store: Sweepable  # sql.retention.TickRetention
     days: float
     health: ActorHealth
     every_s: float = 3600.0
@@ -68,13 +48,13 @@ class RetentionSweeper:
     async def sweep(self) -> dict[str, int]:
         """Delete everything older than the cutoff, batch by batch; the rows deleted."""
         cutoff = self.clock() - self.days * 86_400
-        totals = dict.fromkeys(TABLES, 0)
+        totals: dict[str, int] = {}
         while True:
-            deleted = await self.db.run(_sweep, cutoff, self.batch)
+            deleted = await self.store.delete_batch(cutoff, self.batch)
             if deleted is None:
                 return totals
             for table, n in deleted.items():
-                totals[table] += n
+                totals[table] = totals.get(table, 0) + n
             if max(deleted.values()) < self.batch:
                 return totals
             await trio.sleep(self.pause_s)

@@ -24,6 +24,8 @@ import attrs
 import structlog
 import trio
 
+from tickhub.backoff import backoff_delay
+
 log = structlog.get_logger(actor="supervisor")
 
 
@@ -82,7 +84,7 @@ class RestartPolicy:
     backoff_max_s: float = 10.0
 
     def backoff(self, recent_crashes: int) -> float:
-        return min(self.backoff_initial_s * 2 ** max(recent_crashes - 1, 0), self.backoff_max_s)
+        return backoff_delay(max(recent_crashes - 1, 0), self.backoff_initial_s, self.backoff_max_s)
 
 
 @attrs.define
@@ -91,6 +93,7 @@ class Supervisor:
     policy: RestartPolicy = attrs.field(factory=RestartPolicy)
     actors: dict[str, ActorHealth] = attrs.field(factory=dict)
     on_restart: Callable[[str], None] = lambda name: None
+    _live: dict[str, Any] = attrs.field(factory=dict)  # the incarnation of each name
 
     async def start(
         self,
@@ -106,6 +109,10 @@ class Supervisor:
         health = ActorHealth(name, restart, mailbox, transient=transient)
         self.actors[name] = health
         return await self.nursery.start(self._supervise, factory, health)
+
+    def current(self, name: str) -> Any:
+        """The incarnation of actor `name` running now (None when there is none)."""
+        return self._live.get(name)
 
     def table(self) -> list[dict[str, Any]]:
         return [h.snapshot() for h in self.actors.values()]
@@ -137,10 +144,11 @@ class Supervisor:
             await self._incarnations(factory, health, task_status)
         finally:
             health.finished.set()
-            # A transient actor that stopped is forgotten (unless a successor took its name).
-            stopped = health.transient and health.state == "stopped"
-            if stopped and self.actors.get(health.name) is health:
-                del self.actors[health.name]
+            # An actor that ended has no incarnation; a transient one that stopped is forgotten.
+            if self.actors.get(health.name) is health:  # not already a successor's
+                self._live.pop(health.name, None)
+                if health.transient and health.state == "stopped":
+                    del self.actors[health.name]
 
     async def _incarnations(
         self, factory: Callable[[ActorHealth], Actor], health: ActorHealth, task_status: Any
@@ -150,6 +158,7 @@ class Supervisor:
         status = _TrackedStatus(task_status)
         while True:
             actor = factory(health)
+            self._live[health.name] = actor
             health.state = "running"
             try:
                 await actor.run(task_status=status)

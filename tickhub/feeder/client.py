@@ -22,20 +22,13 @@ import orjson
 import structlog
 import trio
 
+from tickhub.backoff import backoff_delay
 from tickhub.config import FeederSettings
 from tickhub.feeder import metrics
+from tickhub.symbols import split_symbol
 
 log = structlog.get_logger("feeder", actor="webhook-client")
 
-# Quote currencies recognised at the end of a symbol without a separator (BTCUSDT); longest
-# first so BUSD is not read as USD.
-_QUOTES = tuple(
-    sorted(
-        ("USDT", "USDC", "BUSD", "FDUSD", "TUSD", "USD", "EUR", "GBP", "JPY", "TRY", "BTC", "ETH"),
-        key=len,
-        reverse=True,
-    )
-)
 # Enough of an error body to see the api's message and details, not a whole HTML page.
 _BODY_LOG_CHARS = 2000
 
@@ -99,24 +92,11 @@ class RetryPolicy:
         """Seconds before retry number `retry` (0 for the first): backoff * 2**retry with half
         of it random (so clients that failed together do not retry together), capped at
         max_delay_s, and never less than the server's Retry-After."""
-        base = min(self.max_delay_s, self.backoff_s * 2.0 ** min(retry, 32))
+        base = backoff_delay(retry, self.backoff_s, self.max_delay_s)
         wait = base * (0.5 + 0.5 * self.rng.random())
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.max_retry_after_s))
         return wait
-
-
-def split_symbol(symbol: str) -> tuple[str, str]:
-    """Base and quote of a symbol: `BTC/USDT`, `BTC-USDT`, `BTC_USDT`, `BTC:USDT` or a known
-    quote at the end (`BTCUSDT`); otherwise the whole symbol and an empty quote."""
-    for sep in "/-_:":
-        base, found, quote = symbol.partition(sep)
-        if found and base and quote:
-            return base, quote
-    for quote in _QUOTES:
-        if symbol.endswith(quote) and len(symbol) > len(quote):
-            return symbol[: -len(quote)], quote
-    return symbol, ""
 
 
 def _retry_after(value: str | None, now: float) -> float | None:

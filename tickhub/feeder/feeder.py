@@ -35,7 +35,7 @@ import attrs
 import structlog
 import trio
 
-from tickhub.config import FeederSettings, PerSymbol
+from tickhub.config import FeederSettings
 from tickhub.feeder import metrics
 from tickhub.feeder.client import (
     DeliveryError,
@@ -44,7 +44,7 @@ from tickhub.feeder.client import (
     TickPoster,
     open_webhook_client,
 )
-from tickhub.feeder.synthetic import DEFAULT_VOLUME, TickGenerator, VolumeModel
+from tickhub.feeder.synthetic import TickGenerator
 
 log = structlog.get_logger("feeder", actor="feeder")
 
@@ -73,8 +73,6 @@ class Feeder:
     # Wall-clock time for the ticks' `ts`; scheduling uses trio's clock.
     clock: Callable[[], float] = time.time
     run_id: str | None = None
-    volume: VolumeModel = DEFAULT_VOLUME
-    tick_size: PerSymbol | None = None
     # How long a stopping feeder may spend delivering the ticks it holds (one round of the
     # client's retries; the api may be stopping too).
     stop_flush_s: float = 2.0
@@ -130,9 +128,7 @@ class Feeder:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        generator = TickGenerator.from_settings(
-            self.settings, run_id=self.run_id, volume=self.volume, tick_size=self.tick_size
-        )
+        generator = TickGenerator.from_settings(self.settings, run_id=self.run_id)
         # Between generator and poster. The generator sends messages of at most `chunk` ticks,
         # and in steady state of exactly that (one wake's worth, or BATCH_SIZE if smaller), so
         # this many messages hold FEEDER_BUFFER_MAX ticks and never more: the outage a feeder

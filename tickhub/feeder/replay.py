@@ -37,7 +37,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 import zlib
 from datetime import datetime
 from pathlib import Path
@@ -50,11 +49,11 @@ import structlog
 import trio
 
 from tickhub.feeder.client import DeliveryError, RejectedError, TickPoster
+from tickhub.symbols import SYMBOL_RULE, normal_symbol
 
 log = structlog.get_logger("feeder", actor="replay")
 
 _COLUMNS = ("symbol", "ts", "price", "volume")
-_SYMBOL = re.compile(r"[A-Z0-9._:/-]{1,32}")
 # The api refuses ticks before 2000-01-01 and reads numbers above 1e11 as milliseconds.
 _MIN_TS = 946_684_800.0
 _MS_ABOVE = 1e11
@@ -220,9 +219,10 @@ class _Reader:
             )
         cols = self._cols
         try:
-            symbol = fields[cols["symbol"]].strip().upper()
-            if not _SYMBOL.fullmatch(symbol):
-                raise ValueError(f"symbol {symbol!r}: expected 1-32 of A-Z 0-9 . _ : / -")
+            raw_symbol = fields[cols["symbol"]].strip()
+            symbol = normal_symbol(raw_symbol)
+            if symbol is None:
+                raise ValueError(f"symbol {raw_symbol.upper()!r}: {SYMBOL_RULE}")
             ts = parse_ts(fields[cols["ts"]])
             price = _number(fields, cols["price"], "price", positive=True)
             volume = _number(fields, cols["volume"], "volume", positive=False)

@@ -20,13 +20,11 @@ from typing import Any
 
 import attrs
 
-from tickhub.config import FeederSettings, PerSymbol
+from tickhub.config import FeederSettings, VolumeModel
 
 # A walk is held within [one tick, start price x this]: the floor keeps prices above 0 and
 # lets the walk leave it at once; the ceiling keeps exp() finite however long it runs.
 _CEILING_FACTOR = 1e6
-# Volumes are rounded to millionths, the finest lot size of common venues.
-_LOT = 1_000_000
 
 
 def default_tick_size(price: float) -> float:
@@ -102,57 +100,6 @@ class PriceWalk:
         return out
 
 
-@attrs.frozen
-class VolumeModel:
-    """The distribution of tick volumes: `exp:MEAN`, `lognormal:MEDIAN,SIGMA`,
-    `uniform:LOW,HIGH` or `const:VALUE`."""
-
-    kind: str
-    a: float
-    b: float = 0.0
-
-    @classmethod
-    def parse(cls, text: str) -> VolumeModel:
-        kind, _, args = text.strip().partition(":")
-        try:
-            numbers = [float(x) for x in args.split(",")] if args else []
-        except ValueError:
-            numbers = []
-        arity = {"exp": 1, "const": 1, "lognormal": 2, "uniform": 2}.get(kind.strip().lower())
-        if arity is None or len(numbers) != arity or not all(map(math.isfinite, numbers)):
-            raise ValueError(
-                "expected exp:MEAN, lognormal:MEDIAN,SIGMA, uniform:LOW,HIGH or const:VALUE"
-            )
-        model = cls(kind.strip().lower(), *numbers)
-        valid = {
-            "exp": model.a > 0,
-            "const": model.a >= 0,
-            "lognormal": model.a > 0 and model.b >= 0,
-            "uniform": 0 <= model.a <= model.b,
-        }[model.kind]
-        if not valid:
-            raise ValueError(f"{text!r}: volumes must be at least 0 (and MEAN, MEDIAN above 0)")
-        return model
-
-    def sample(self, rng: random.Random, n: int) -> list[float]:
-        rnd = rng.random
-        if self.kind == "exp":
-            log, mean = math.log, self.a
-            draws = [-log(1.0 - rnd()) * mean for _ in range(n)]
-        elif self.kind == "lognormal":
-            mu = math.log(self.a)
-            draws = [rng.lognormvariate(mu, self.b) for _ in range(n)]
-        elif self.kind == "uniform":
-            low, width = self.a, self.b - self.a
-            draws = [low + width * rnd() for _ in range(n)]
-        else:
-            draws = [self.a] * n
-        return [round(v * _LOT) / _LOT for v in draws]
-
-
-DEFAULT_VOLUME = VolumeModel("exp", 0.5)
-
-
 def _rng(seed: int | None, *parts: str) -> random.Random:
     # A string seed is hashed with SHA-512, so the stream is the same on every run and platform.
     return random.Random(":".join((str(seed), *parts))) if seed is not None else random.Random()
@@ -177,8 +124,6 @@ class TickGenerator:
         settings: FeederSettings,
         *,
         run_id: str | None = None,
-        volume: VolumeModel = DEFAULT_VOLUME,
-        tick_size: PerSymbol | None = None,
     ) -> TickGenerator:
         """One walk per symbol from PRICE_BASE, VOLATILITY and SEED.
 
@@ -192,7 +137,8 @@ class TickGenerator:
         walks = []
         for symbol in symbols:
             price = settings.price_base.for_symbol(symbol)
-            tick = tick_size.for_symbol(symbol) if tick_size else default_tick_size(price)
+            sizes = settings.tick_size
+            tick = sizes.for_symbol(symbol) if sizes else default_tick_size(price)
             walks.append(
                 PriceWalk(
                     price,
@@ -205,7 +151,7 @@ class TickGenerator:
             symbols=symbols,
             walks=tuple(walks),
             volume_rngs=tuple(_rng(settings.seed, s, "volume") for s in symbols),
-            volume=volume,
+            volume=settings.volume,
             source=settings.source,
             run_id=run_id or secrets.token_hex(4),
         )

@@ -32,9 +32,9 @@ from tickhub.http.validation import (
     parse_symbols,
     parse_ticks,
 )
+from tickhub.redis.link import RedisUnavailable
 from tickhub.sql.db import DatabaseUnavailable
 from tickhub.sql.queries import INTERVALS, WINDOWS
-from tickhub.streams import RedisUnavailable
 
 log = structlog.get_logger(actor="api")
 

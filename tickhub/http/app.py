@@ -14,15 +14,10 @@ from tickhub.ui import assets
 
 log = structlog.get_logger(actor="http")
 
-ROLE_ROUTES = {
-    "api": ("api", "ui"),
-    "gateway": ("gateway",),
-    "consumer": (),
-    "feeder": (),
-}
 
-
-def create_app(svc: Services) -> QuartTrio:
+def create_app(svc: Services, routes: frozenset[str]) -> QuartTrio:
+    """The app of a process whose roles bring these route groups (`process.ROLE_TABLE`):
+    api, ui, gateway; every app serves the ops routes and the API's documentation."""
     app = QuartTrio("tickhub")
     app.extensions["tickhub"] = svc
     settings = svc.settings
@@ -30,20 +25,19 @@ def create_app(svc: Services) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = settings.http_body_timeout_s
     errors.install(app)
     openapi.install(app)
-    parts = {part for role in svc.enabled_roles for part in ROLE_ROUTES[role]}
     app.register_blueprint(ops.make_ops_blueprint())
     app.register_blueprint(docs.make_blueprint())
-    if "api" in parts:
+    if "api" in routes:
         app.register_blueprint(api.make_blueprint(settings.api_prefix))
         app.register_blueprint(ops.make_health_blueprint("api_health", settings.api_prefix))
-    if "gateway" in parts:
+    if "gateway" in routes:
         app.register_blueprint(sse.make_blueprint())
         app.register_blueprint(ops.make_health_blueprint("gateway_health", ""))
-    if "ui" in parts:
+    if "ui" in routes:
         app.register_blueprint(
             ui.make_blueprint(settings.ui_api_base_url, settings.ui_realtime_url)
         )
-    _check_assets(svc, serves_dashboard="ui" in parts)
+    _check_assets(svc, serves_dashboard="ui" in routes)
     _install_cors(app, settings.cors_allow_origins, settings.allow_origins)
     app.after_request(limits.add_headers)
     return app

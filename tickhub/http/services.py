@@ -1,5 +1,7 @@
 """What the HTTP handlers of a process can reach: settings, supervisor, and whichever of the
-database, pipeline, hub and feeder this process's roles run (None when they do not).
+database, pipeline, hub, ingest and Redis link this process's roles run (None when they do
+not). The live actors (the feeder) are the supervisor's to hand out, incarnation by
+incarnation.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import attrs
 from quart import current_app
 
 from tickhub.actors.hub import Hub
+from tickhub.actors.ingest import Ingest
 from tickhub.actors.pipeline import Pipeline
 from tickhub.actors.supervisor import Supervisor
 from tickhub.config import Settings
-from tickhub.ratelimit import MemoryLimiter
+from tickhub.ratelimit import Limiter, MemoryLimiter
+from tickhub.redis.link import RedisLink
 from tickhub.sql.db import Database
 from tickhub.sql.queries import Queries
 
@@ -25,11 +29,9 @@ class Services:
     db: Database | None = None
     pipeline: Pipeline | None = None
     hub: Hub | None = None
-    feeder: Any = None
-    enabled_roles: tuple[str, ...] = ("api", "gateway", "consumer")
-    ingest: Any = None  # LocalIngest or StreamIngest (api role)
-    link: Any = None  # the Redis link, when roles run in separate processes
-    limiter: Any = attrs.field(factory=MemoryLimiter)  # RedisLimiter when linked
+    ingest: Ingest | None = None  # the api role's way to durability
+    link: RedisLink | None = None  # when roles run in separate processes
+    limiter: Limiter = attrs.field(factory=MemoryLimiter)  # shared through Redis when linked
     # Failed authentications per IP, in this process whatever the mode (http.limits.admit).
     auth_failures: MemoryLimiter = attrs.field(factory=MemoryLimiter)
     streams: dict[str, int] = attrs.field(factory=dict)  # open SSE connections per client
@@ -58,8 +60,9 @@ class Services:
             checks["redis"] = "ok" if await self.link.writable() else "unreachable"
         else:
             checks["redis"] = "n/a"
-        if self.feeder is not None:
-            checks["feeder"] = "ok" if self.feeder.ready() else "not posting"
+        feeder = self.supervisor.current("feeder")
+        if feeder is not None:
+            checks["feeder"] = "ok" if feeder.ready() else "not posting"
         actors_ok = self.supervisor.healthy
         ok = actors_ok and all(v in ("ok", "n/a") for v in checks.values())
         if self.dashboard is not None:

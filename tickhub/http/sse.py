@@ -28,7 +28,7 @@ from tickhub.http.errors import ApiError
 from tickhub.http.limits import admit, client_id
 from tickhub.http.services import services
 from tickhub.http.stream import OWN_SOCKET, SCOPE_KEY, Accepted
-from tickhub.http.validation import SYMBOL
+from tickhub.symbols import SYMBOL
 from tickhub.wire import hello_frame
 
 

@@ -24,8 +24,8 @@ import attrs
 import orjson
 
 from tickhub.messages import TickBatch, TickColumns
+from tickhub.symbols import SYMBOL_RULE, normal_symbol
 
-SYMBOL = re.compile(r"[A-Z0-9._:/\-]{1,32}")
 SOURCE = re.compile(r"[A-Za-z0-9._:/\-]{1,64}")
 MIN_TS_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z
 MS_THRESHOLD = 1e11  # above this a numeric ts is epoch milliseconds
@@ -103,22 +103,12 @@ def parse_ts(value: Any, now_us: int, max_skew_us: int) -> int | str:
     return ts_us
 
 
-SYMBOL_RULE = "expected 1-32 characters of A-Z 0-9 . _ : / -"
 PRICE_RULE = f"expected a number from {PRICE_MIN:g} to {PRICE_MAX:g}"
 VOLUME_RULE = f"expected a number from 0 to {VOLUME_MAX:g}"
 
 
 def _problem(index: int | None, field: str, message: str) -> dict[str, Any]:
     return {"index": index, "field": field, "message": message}
-
-
-def normal_symbol(value: Any) -> str | None:
-    """The upper-cased symbol, or None when it is not one. ASCII is checked first: Unicode
-    upper-casing would fold e.g. U+017F (long s) into "S" and smuggle other letters in."""
-    if not isinstance(value, str) or not value.isascii():
-        return None
-    symbol = value.upper()
-    return symbol if SYMBOL.fullmatch(symbol) else None
 
 
 def derived_key(source: str, symbol: str, ts_us: int, price: float, volume: float) -> str:

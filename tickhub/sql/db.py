@@ -21,6 +21,7 @@ import attrs
 import structlog
 import trio
 
+from tickhub.backoff import Backoff
 from tickhub.bridge import BridgeTimeout, call_aio
 
 log = structlog.get_logger(actor="db")
@@ -131,7 +132,7 @@ async def open_database(
     """Open a pool (inside `bridge.open_bridge()`), waiting for Postgres to come up; every
     call then has a deadline of `timeout_s` unless it names its own."""
     deadline = trio.current_time() + connect_timeout_s
-    delay = 0.1
+    backoff = Backoff(initial_s=0.1, max_s=2.0)
     while True:
         try:
             pool = await call_aio(
@@ -148,11 +149,11 @@ async def open_database(
             )
             break
         except UNAVAILABLE as exc:
+            delay = backoff.next()
             if trio.current_time() + delay > deadline:
                 raise DatabaseUnavailable(f"cannot reach PostgreSQL: {exc}") from exc
             log.warning("waiting for postgres", error=str(exc), retry_in_s=delay)
             await trio.sleep(delay)
-            delay = min(delay * 2, 2.0)
     try:
         yield Database(pool, timeout_s)
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from tickhub.sql.db import Database
-from tickhub.sql.store import split_symbol
+from tickhub.symbols import split_symbol
 
 INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
 WINDOWS = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}

@@ -20,6 +20,7 @@ import asyncpg
 
 from tickhub.messages import Expired, Rejected, StoredTick, TickColumns
 from tickhub.sql.db import DATA_FAULTS, CommitRefused, Database
+from tickhub.symbols import split_symbol
 
 # Exact microsecond arithmetic; float8 → numeric keeps 15 significant digits.
 _TS = "timestamptz 'epoch' + {col} * interval '1 microsecond'"
@@ -174,21 +175,6 @@ def flush_arguments(parts: Sequence[TickColumns]) -> list[list]:
         symbol, key, ts, price, volume, source, received,
         symbols, [b for b, _ in pairs], [q for _, q in pairs],
     ]  # fmt: skip
-
-
-QUOTES = ("USDT", "USDC", "BUSD", "USD", "EUR", "GBP", "JPY", "BTC", "ETH", "BNB")
-
-
-def split_symbol(symbol: str) -> tuple[str, str]:
-    """Derive (base, quote) from a symbol: `BTC/USD`, `BTC-USD`, or a known quote suffix."""
-    for sep in ("/", "-", "_", ":"):
-        if sep in symbol:
-            base, _, quote = symbol.partition(sep)
-            return base, quote
-    for quote in QUOTES:
-        if symbol.endswith(quote) and len(symbol) > len(quote):
-            return symbol[: -len(quote)], quote
-    return symbol, ""
 
 
 class TickStore:

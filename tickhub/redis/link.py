@@ -1,7 +1,7 @@
-"""The one Redis adapter: the durable ticks stream between api and consumers, and the capped
-updates stream between consumers and gateways. redis-py's asyncio client through the
-process's trio-asyncio loop; every method is one bridged call and one round trip (commands
-of a unit are pipelined).
+"""The Redis adapter (beside it, `redis.limiter`): the durable ticks stream between api and
+consumers, and the capped updates stream between consumers and gateways. redis-py's asyncio
+client through the process's trio-asyncio loop; every method is one bridged call and one
+round trip (commands of a unit are pipelined).
 
 Every call has a deadline (REDIS_TIMEOUT_MS; a blocking read adds its block time), and every
 error Redis can give — unreachable, timed out, out of memory (`OOM command not allowed`),
@@ -26,7 +26,6 @@ published meanwhile.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -39,10 +38,8 @@ import redis.exceptions
 import trio
 
 from tickhub.bridge import BridgeTimeout, call_aio
-from tickhub.clock import wall_us
 from tickhub.config import Settings
 from tickhub.messages import TickColumns
-from tickhub.ratelimit import Decision, LimiterUnavailable, Rate, gcra
 
 T = TypeVar("T")
 GROUP = "tickhub"
@@ -129,30 +126,11 @@ class StreamNames:
         return self.ticks + ":probe"
 
 
-# The atomic step of GCRA (`tickhub.ratelimit.gcra` decides): read the key's TAT and, when
-# charging, store the next one if the request is allowed — the same comparison as `gcra`, on
-# the same whole microseconds (exact in Lua's doubles). Returns the TAT it read.
-GCRA_SCRIPT = """
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local period = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if not tat or tat < now then tat = now end
-local new_tat = tat + interval
-if ARGV[4] == '1' and now >= new_tat - period then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
-             'PX', math.ceil((new_tat - now) / 1000) + 1000)
-end
-return string.format('%.0f', tat)
-"""
-
-
 @attrs.define
 class RedisLink:
     client: aioredis.Redis
     names: StreamNames
     timeout_s: float = 2.0  # the deadline of a call that names none
-    _gcra: Any = None
     _dead_letter: Any = None
 
     async def _bridge(
@@ -336,23 +314,11 @@ class RedisLink:
 
         return await self._bridge(unit)
 
-    async def gcra_tat(
-        self,
-        key: str,
-        now: int,
-        interval: int,
-        period: int,
-        *,
-        charge: bool,
-        timeout_s: float,
-    ) -> float:
-        """The TAT of `key` (microseconds) before this request; stores the next one when
-        `charge` and the request is allowed (GCRA_SCRIPT)."""
-        if self._gcra is None:
-            self._gcra = self.client.register_script(GCRA_SCRIPT)
-        args = [now, interval, period, "1" if charge else "0"]
-        tat = await self._bridge(self._gcra, [key], args, timeout_s=timeout_s)
-        return int(tat)
+    async def run_script(
+        self, script: Any, keys: list[str], args: list[Any], *, timeout_s: float | None = None
+    ) -> Any:
+        """Run a Lua script registered with `self.client.register_script`."""
+        return await self._bridge(script, keys, args, timeout_s=timeout_s)
 
     # --- the updates stream ---------------------------------------------------------------
 
@@ -434,35 +400,3 @@ async def open_redis(
                 await call_aio(client.aclose, timeout_s=2)
             except (BridgeTimeout, *UNAVAILABLE):
                 pass  # a Redis that does not answer is not waited for
-
-
-@attrs.define
-class RedisLimiter:
-    """The same rule with the TATs in Redis (one atomic script call per request), so every
-    api instance shares the limit. A Redis that fails a check is not asked again for
-    `retry_s`: meanwhile every check fails open at once instead of waiting for a timeout."""
-
-    link: RedisLink
-    prefix: str = "ratelimit"
-    timeout_s: float = 0.25  # a healthy Redis answers in well under a millisecond
-    retry_s: float = 5.0
-    clock: Callable[[], int] = wall_us  # shared by every process: the wall clock
-    _skip_until: float = -math.inf
-
-    async def check(self, group: str, client: str, rate: Rate, *, charge: bool = True) -> Decision:
-        if trio.current_time() < self._skip_until:
-            raise LimiterUnavailable("redis failed recently")
-        now = self.clock()
-        try:
-            tat = await self.link.gcra_tat(
-                f"{self.prefix}:{group}:{client}",
-                now,
-                rate.interval_us,
-                rate.period_us,
-                charge=charge,
-                timeout_s=self.timeout_s,
-            )
-        except RedisUnavailable as exc:
-            self._skip_until = trio.current_time() + self.retry_s
-            raise LimiterUnavailable(str(exc)) from exc
-        return gcra(tat, now, rate)[0]
