@@ -47,9 +47,11 @@ system-deps:
 lint: $(VENV)/.dev
 	$(BIN)/ruff check tickhub tests bench
 	$(BIN)/ruff format --check tickhub tests bench
+	$(BIN)/lint-imports
 
 test: $(VENV)/.dev ui system-deps
 	$(BIN)/ruff check tickhub tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.dev ui

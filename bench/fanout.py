@@ -30,26 +30,14 @@ import time
 
 import trio
 
-from bench.common import (
-    RESULTS_DIR,
-    CpuMeter,
-    SseClients,
-    Stack,
-    append_row,
-    background_busy,
-    bare_floor,
-    drain,
-    latency_summary,
-    load_parser,
-    now_stamp,
-    port_range,
-    post_paced,
-    raise_fd_limit,
-    run_bench,
-    scrape,
-    server_side,
-    wait_clients_gone,
-)
+from bench.bare import bare_floor
+from bench.cpu import CpuMeter, background_busy
+from bench.load import post_paced
+from bench.machine import port_range, raise_fd_limit
+from bench.report import RESULTS_DIR, append_row, load_parser, now_stamp, run_bench
+from bench.scrape import scrape, server_side, wait_clients_gone
+from bench.sse_clients import SseClients, drain, latency_summary
+from bench.stack import Stack
 
 RESULTS = RESULTS_DIR / "fanout.md"
 COLUMNS = [

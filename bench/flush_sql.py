@@ -22,7 +22,9 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import RESULTS_DIR, SYMBOLS, append_row, machine, now_stamp, run_bench
+from bench.machine import machine
+from bench.report import RESULTS_DIR, append_row, now_stamp, run_bench
+from bench.stack import SYMBOLS
 from tickhub.bridge import open_bridge
 from tickhub.messages import TickColumns
 from tickhub.sql.db import open_database

@@ -17,11 +17,6 @@ Prints one JSON line and appends a row to bench/results/results.md.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,17 +24,15 @@ import httpx
 import orjson
 import trio
 
-from bench.common import UNLIMITED, run_bench
 from bench.flush_sql import parts_for
+from bench.report import run_bench
+from bench.stack import SYMBOLS, Stack
 from tickhub.bridge import open_bridge
 from tickhub.logs import configure_logging
 from tickhub.sql.db import open_database
-from tickhub.sql.embedded import EmbeddedPostgres, free_port
-from tickhub.sql.migrate import migrate_up
 from tickhub.sql.store import TickStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "results.md"
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
 
 
 def batch_items(run: str, n: int, size: int, base_ts: float) -> list[dict]:
@@ -95,74 +88,26 @@ async def db_only(db, total: int, size: int) -> float:
     return time.perf_counter() - started
 
 
-def start_processes(env: dict, roles: list[tuple[str, int]], procs: list) -> None:
-    from tickhub.dev import _wait_ready
-
-    for role, port in roles:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tickhub", "run", "--role", role],
-            env={**env, "PORT": str(port), "CONSUMER_NAME": f"c{port}"},
-        )
-        procs.append(proc)
-        _wait_ready(port, proc)
-
-
-async def served(url: str, tmp: str, args: argparse.Namespace) -> tuple[int, float]:
-    """tickhub as processes (all, or api + consumers over an embedded Redis); the posters
-    against its webhook; time until the last acknowledged row is in `ticks_history`."""
-    from tickhub.dev import EmbeddedRedis
-
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "API_KEY": "bench",
-        "HOST": "127.0.0.1",
-        "LOG_LEVEL": "warning",
-        **UNLIMITED,  # the posters all come from 127.0.0.1: measure the pipeline, not limits
-        **dict(kv.split("=", 1) for kv in args.env),
-    }
-    redis = None
-    if args.mode == "split":
-        redis = EmbeddedRedis(Path(tmp) / "redis")
-        env["REDIS_URL"] = redis.start()
-        roles = [("api", free_port())] + [("consumer", free_port()) for _ in range(args.consumers)]
-    else:
-        roles = [("all", free_port())]
-    procs: list[subprocess.Popen] = []
+async def main(args: argparse.Namespace) -> dict:
+    """tickhub as processes (all, or api + consumers over an embedded Redis), the posters
+    against its webhook; rate = acknowledged ticks ÷ (first POST → last row in
+    `ticks_history`); then the DB-only writer on the same server."""
+    configure_logging("warning")
+    env = dict(kv.split("=", 1) for kv in args.env)
+    stack = Stack(args.mode, consumers=args.consumers, gateways=0, env_extra=env)
+    await trio.to_thread.run_sync(stack.start)
     try:
-        await trio.to_thread.run_sync(start_processes, env, roles, procs)
-        api = f"http://127.0.0.1:{roles[0][1]}"
-        started = time.perf_counter()
-        acked, _ = await durable(api, args.posters, args.batches, args.size)
-        async with open_database(url) as db:
+        async with open_bridge(), open_database(stack.database_url) as db:
+            started = time.perf_counter()
+            acked, _ = await durable(stack.api_url, args.posters, args.batches, args.size)
             stored = 0
             while stored < acked:  # polling the database: the end of the run is a row count
                 stored = await db.fetchval("SELECT count(*) FROM ticks_history")
                 await trio.sleep(0.01)
-        return acked, time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            db_elapsed = await db_only(db, acked, args.size)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(20)
-        if redis is not None:
-            redis.stop()
-
-
-async def main(args: argparse.Namespace) -> dict:
-    configure_logging("warning")
-    with tempfile.TemporaryDirectory() as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg", fsync=False)
-        url = pg.start()
-        try:
-            async with open_bridge():
-                async with open_database(url) as db:
-                    await migrate_up(db)
-                acked, elapsed = await served(url, tmp, args)
-                async with open_database(url) as db:
-                    db_elapsed = await db_only(db, acked, args.size)
-        finally:
-            pg.stop()
+        await trio.to_thread.run_sync(stack.stop)
     return result(args, acked, elapsed, db_elapsed)
 
 

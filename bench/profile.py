@@ -27,22 +27,13 @@ from pathlib import Path
 import httpx
 import trio
 
-from bench.common import (
-    API_KEY,
-    RESULTS_DIR,
-    SYMBOLS,
-    CpuMeter,
-    SseClients,
-    Stack,
-    append_row,
-    background_busy,
-    now_stamp,
-    post_paced,
-    raise_fd_limit,
-    run_bench,
-    scrape,
-    server_side,
-)
+from bench.cpu import CpuMeter, background_busy
+from bench.load import post_paced
+from bench.machine import raise_fd_limit
+from bench.report import RESULTS_DIR, append_row, now_stamp, run_bench
+from bench.scrape import scrape, server_side
+from bench.sse_clients import SseClients
+from bench.stack import API_KEY, SYMBOLS, Stack
 
 RESULTS = RESULTS_DIR / "profile.md"
 COLUMNS = [

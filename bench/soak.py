@@ -30,10 +30,8 @@ import json
 import os
 import random
 import resource
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,12 +40,13 @@ import attrs
 import httpx
 import trio
 
+from bench.stack import API_KEY, Stack
+from tickhub.dev import wait_ready
 from tickhub.logs import configure_logging
-from tickhub.sql.embedded import EmbeddedPostgres, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.md"
 HOST = "127.0.0.1"
-API_KEY = "soak"
+
 LIMITS = {"minutes": 120, "clients": 5000, "rate": 20_000, "source_ips": 250}
 COLUMNS = (
     ("t_s", 6),
@@ -84,53 +83,6 @@ class Counters:
 
 
 # --- the server process -------------------------------------------------------------------
-
-
-def start_server(database_url: str, port: int, clients: int, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKHUB")}
-    env.update(
-        DATABASE_URL=database_url,
-        HOST=HOST,
-        PORT=str(port),
-        API_KEY=API_KEY,
-        LOG_LEVEL="warning",
-        RATE_LIMIT_WEBHOOKS="0",
-        RATE_LIMIT_QUERIES="0",
-        RATE_LIMIT_STREAM="0",
-        SSE_MAX_CLIENTS=str(max(20_000, 2 * clients)),
-        SSE_MAX_PER_CLIENT=str(max(50, 2 * clients)),
-    )
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tickhub", "run", "--role", "all"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tickhub exited with {proc.returncode} before it was ready")
-        try:
-            if httpx.get(url + "/ops/health/readiness", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("tickhub did not become ready")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def process_usage(pid: int) -> tuple[float, int, int]:
@@ -499,28 +451,24 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the server inherits it too
-    with tempfile.TemporaryDirectory(prefix="tickhub-soak-") as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg", fsync=False)
-        database_url = pg.start()
-        port = free_port()
-        log = Path(tmp) / "tickhub.log"
-        proc = start_server(database_url, port, args.clients, log)
+    caps = {
+        "SSE_MAX_CLIENTS": str(max(20_000, 2 * args.clients)),
+        "SSE_MAX_PER_CLIENT": str(max(50, 2 * args.clients)),
+    }
+    with Stack("all", env_extra=caps) as stack:
+        _, port, proc = stack.procs[0]
         soak = Soak(args, proc, f"http://{HOST}:{port}", port)
+        wait_ready(soak.url, proc)
         try:
-            wait_ready(soak.url, proc)
-            try:
-                trio.run(soak.run)
-            except* ServerDied as died:
-                soak.failures.append(str(died.exceptions[0]))
-            if not soak.rows:
-                print(log.read_text()[-4000:], file=sys.stderr)
-                return 1
-            summary = soak.summary()
-        finally:
-            stop_server(proc)
-            pg.stop()
+            trio.run(soak.run)
+        except* ServerDied as died:
+            soak.failures.append(str(died.exceptions[0]))
+        if not soak.rows:
+            print(stack.log_tail(), file=sys.stderr)
+            return 1
+        summary = soak.summary()
         if not summary["passed"]:
-            print(log.read_text()[-4000:], file=sys.stderr)
+            print(stack.log_tail(), file=sys.stderr)
     print(json.dumps(summary))
     record(summary, soak.rows, args)
     return 0 if summary["passed"] else 1

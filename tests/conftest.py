@@ -160,11 +160,11 @@ def artifacts_dir(name: str) -> Path:
 
 
 def psql(pg: EmbeddedPostgres, sql: str) -> str:
-    from tickhub.sql.embedded import _bin_dir
+    from tickhub.sql.embedded import bin_dir
 
     out = subprocess.run(
         [
-            str(_bin_dir() / "psql"),
+            str(bin_dir() / "psql"),
             "-h",
             "127.0.0.1",
             "-p",

@@ -6,12 +6,12 @@ from __future__ import annotations
 import subprocess
 import time
 
-import httpx
 import pytest
 import trio
 
 from tests.conftest import tickhub_command
 from tests.consistency import differences
+from tickhub.dev import wait_ready
 from tickhub.sql.embedded import free_port
 
 
@@ -22,20 +22,6 @@ def wait_for(check, within: float = 30, every: float = 0.1) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {within} s: {check.__name__}")
         time.sleep(every)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"tickhub exited early with {proc.returncode}")
-        try:
-            if httpx.get(url + "/ops/health/readiness", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("tickhub did not become ready")
 
 
 @pytest.fixture

@@ -15,3 +15,8 @@ def wall_us() -> int:
 def wall_ms() -> int:
     """Epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def wall_s() -> float:
+    """Epoch seconds."""
+    return time.time()

@@ -97,6 +97,9 @@ class EmbeddedRedis:
         self.process = None
 
 
+# Liveness, not readiness: the feeder is ready only once it posted, after the others start.
+LIVENESS = "/ops/health/liveness"
+
 SPLIT = (
     ("api", 3030, {}),
     ("consumer", 9091, {"CONSUMER_NAME": "consumer-1"}),
@@ -134,9 +137,9 @@ def run_split(database_url: str, redis_url: str, api_key: str, echo: Callable[[s
             )
             procs.append((role, port, proc))
             if role == "api":  # migrations run here first; the others then find the schema
-                _wait_ready(port, proc)
+                wait_ready(f"http://127.0.0.1:{port}", proc, path=LIVENESS)
         for _, port, proc in procs[1:]:
-            _wait_ready(port, proc)
+            wait_ready(f"http://127.0.0.1:{port}", proc, path=LIVENESS)
         echo("tickhub split system is up:")
         for role, port, _ in procs:
             echo(f"  {role:9} http://127.0.0.1:{port}/ops/health/readiness")
@@ -157,15 +160,23 @@ def run_split(database_url: str, redis_url: str, api_key: str, echo: Callable[[s
                 proc.kill()
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+def wait_ready(
+    url: str,
+    proc: subprocess.Popen | None = None,
+    *,
+    timeout_s: float = 60,
+    path: str = "/ops/health/readiness",
+) -> None:
+    """Poll `url` + `path` until it answers 200; RuntimeError if `proc` exits first or the
+    answer does not come within `timeout_s` (used by the split launcher, tests and benches)."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process on port {port} exited with {proc.returncode}")
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/ops/health/liveness", timeout=1).is_success:
+            if httpx.get(url + path, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
-    raise RuntimeError(f"process on port {port} did not come up")
+        time.sleep(0.1)
+    raise RuntimeError(f"{url}{path} did not answer 200 within {timeout_s:g} s")

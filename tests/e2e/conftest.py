@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from tests.conftest import API_KEY, TABLES, tickhub_command
-from tests.processes import wait_ready
+from tickhub.dev import wait_ready
 from tickhub.sql.embedded import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")

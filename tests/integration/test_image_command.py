@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import wait_ready
 from tests.unit.test_deploy_files import (
     env_specs,
     image_command,
@@ -21,6 +20,7 @@ from tests.unit.test_deploy_files import (
     role_of,
     services,
 )
+from tickhub.dev import wait_ready
 from tickhub.sql.embedded import free_port
 
 BLUEPRINT = load_yaml("render.yaml")
@@ -70,7 +70,7 @@ def test_image_command_serves_its_health_path_and_stops_cleanly(
     proc = subprocess.Popen(host_command(), env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc, timeout=30)  # the feeder is ready once a post succeeded
+        wait_ready(url, proc, timeout_s=30)  # the feeder is ready once a post succeeded
         status = httpx.get(url + service["healthCheckPath"], timeout=5).status_code
         assert status == 200, (tmp_path / f"{name}.log").read_text()[-2000:]
         proc.send_signal(signal.SIGTERM)

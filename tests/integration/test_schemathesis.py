@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import API_KEY, TABLES, tickhub_command
-from tests.processes import wait_ready
+from tickhub.dev import wait_ready
 from tickhub.sql.embedded import free_port
 
 CHECKS = [

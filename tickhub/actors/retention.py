@@ -6,7 +6,7 @@ advisory lock); the others skip their turn.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -14,6 +14,7 @@ import structlog
 import trio
 
 from tickhub.actors.supervisor import ActorHealth
+from tickhub.clock import wall_s
 from tickhub.sql.db import DatabaseUnavailable
 
 log = structlog.get_logger(actor="retention")
@@ -31,7 +32,7 @@ class RetentionSweeper:
     every_s: float = 3600.0
     batch: int = 5000
     pause_s: float = 0.2
-    clock: Any = time.time
+    clock: Callable[[], float] = wall_s
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -15,7 +15,6 @@ running, and counts by state.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ import structlog
 import trio
 
 from tickhub.backoff import backoff_delay
+from tickhub.clock import wall_s
 
 log = structlog.get_logger(actor="supervisor")
 
@@ -48,7 +48,7 @@ class ActorHealth:
     name: str
     restartable: bool
     mailbox: Any = None  # a trio receive channel, for its depth
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = wall_s
     transient: bool = False
     state: str = "starting"  # starting | running | restarting | stopped | failed
     restarts: int = 0

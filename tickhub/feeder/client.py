@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email.utils
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ import structlog
 import trio
 
 from tickhub.backoff import backoff_delay
+from tickhub.clock import wall_s
 from tickhub.config import FeederSettings
 from tickhub.feeder import metrics
 from tickhub.symbols import split_symbol
@@ -128,7 +128,7 @@ class WebhookClient:
     http: httpx.AsyncClient
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     # Only for Retry-After given as an HTTP date.
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = wall_s
 
     async def post_ticks(self, source: str, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """POST one batch; the api's 202 body (`accepted`, `duplicates`, ...)."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -35,6 +34,7 @@ import attrs
 import structlog
 import trio
 
+from tickhub.clock import wall_s
 from tickhub.config import FeederSettings
 from tickhub.feeder import metrics
 from tickhub.feeder.client import (
@@ -71,7 +71,7 @@ class Feeder:
     health: Health | None = None
     client: TickPoster | None = None
     # Wall-clock time for the ticks' `ts`; scheduling uses trio's clock.
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = wall_s
     run_id: str | None = None
     # How long a stopping feeder may spend delivering the ticks it holds (one round of the
     # client's retries; the api may be stopping too).

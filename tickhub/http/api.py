@@ -7,7 +7,6 @@ of it is stored (the writer commits a batch whole or not at all).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -18,6 +17,7 @@ from quart_schema import document, security_scheme, tag
 
 from tickhub import metrics
 from tickhub.actors.ingest import IngestRejected, IngestUnavailable
+from tickhub.clock import wall_us
 from tickhub.http import auth
 from tickhub.http import openapi as doc
 from tickhub.http.auth import Caller
@@ -111,7 +111,8 @@ def make_blueprint(prefix: str) -> Blueprint:
     @tag(["ingest"])
     @security_scheme([{"ApiKey": []}, {"Bearer": []}])
     @document(
-        request=doc.SymbolsIn, responses=_errors(doc.Upserted, 202, 400, 401, 403, 415, 422, 429)
+        request=doc.SymbolsIn,
+        responses=_errors(doc.Upserted, 202, 400, 401, 403, 413, 415, 422, 429, 503),
     )
     async def upsert_symbols() -> Response:
         """Create or update symbols (base, quote, active)."""
@@ -235,7 +236,7 @@ async def _ingest_ticks() -> Response:
     deadline = trio.current_time() + settings.ingest_timeout_ms / 1000
     caller = await ingest_access()
     doc = await read_json_body()
-    now_us = time.time_ns() // 1000
+    now_us = wall_us()
     try:
         batch = parse_ticks(
             doc,
@@ -310,7 +311,7 @@ def _bool_arg(name: str) -> bool:
 def _before(raw: str | None) -> int:
     """`before` as epoch microseconds (exclusive); default: after everything stored."""
     if raw is None:
-        return (time.time_ns() // 1000) + 10**12  # far future: newest first from the top
+        return wall_us() + 10**12  # far future: newest first from the top
     try:
         value = float(raw)
     except ValueError:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 
 import attrs
 import jwt
 from quart import request
 
+from tickhub.clock import wall_s
 from tickhub.config import Settings
 from tickhub.http.errors import ApiError
 from tickhub.logs import Throttled
@@ -135,7 +135,7 @@ def require(settings: Settings, kind: str, *, allow_query_token: bool = False) -
 
 def issue_stream_token(settings: Settings, caller: Caller) -> tuple[str, int]:
     """A stream token with a subject of its own; `by` names who asked for it (for the logs)."""
-    expires = int(time.time()) + settings.stream_token_ttl_s
+    expires = int(wall_s()) + settings.stream_token_ttl_s
     token = jwt.encode(
         {
             "sub": "stream:" + secrets.token_hex(8),

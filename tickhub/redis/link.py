@@ -26,7 +26,6 @@ published meanwhile.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -38,6 +37,7 @@ import redis.exceptions
 import trio
 
 from tickhub.bridge import BridgeTimeout, call_aio
+from tickhub.clock import wall_ms
 from tickhub.config import Settings
 from tickhub.messages import TickColumns
 
@@ -146,7 +146,7 @@ class RedisLink:
         """Whether Redis takes a write now (readiness): a tiny key with a short TTL."""
         try:
             await self._bridge(
-                self.client.set, self.names.probe, int(time.time()), None, PROBE_TTL_MS,
+                self.client.set, self.names.probe, wall_ms(), None, PROBE_TTL_MS,
                 timeout_s=timeout_s,
             )  # fmt: skip
         except RedisUnavailable:
@@ -224,7 +224,7 @@ class RedisLink:
         if self._dead_letter is None:
             self._dead_letter = self.client.register_script(DEAD_LETTER_SCRIPT)
         keys = [self.names.ticks, self.names.dead, self.names.refusals, self.names.failed]
-        at = int(time.time() * 1000)
+        at = wall_ms()
         moved = await self._bridge(
             self._dead_letter, keys, [GROUP, entry_id, payload, error, refusals, at]
         )

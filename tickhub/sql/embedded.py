@@ -54,7 +54,8 @@ def _pgserver() -> ModuleType:
     return utils
 
 
-def _bin_dir() -> Path:
+def bin_dir() -> Path:
+    """Where the embedded PostgreSQL's programs are (initdb, pg_ctl, postgres, psql)."""
     utils = _pgserver()
     return Path(utils.POSTGRES_VERSIONS[utils.TARGET_POSTGRES_VERSION])
 
@@ -103,7 +104,7 @@ class EmbeddedPostgres:
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         kwargs: dict[str, Any] = {"user": self._user} if self._user else {}
         return subprocess.run(
-            [str(_bin_dir() / tool), *args],
+            [str(bin_dir() / tool), *args],
             check=check,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -119,7 +120,7 @@ class EmbeddedPostgres:
         utils = _pgserver()
         entry = utils.ensure_user_exists(SYSTEM_USER)
         self._user = SYSTEM_USER
-        bins = _bin_dir()
+        bins = bin_dir()
         utils.ensure_prefix_permissions(bins)
         utils.ensure_folder_permissions(bins.parent, 0o005)
         for path in (self.data_dir, self.log_file):
