@@ -209,10 +209,12 @@ def status(url: str) -> None:
 @main.command()
 def healthcheck() -> None:
     """Exit 0 when the local process (PORT) is ready, 1 otherwise (container health check)."""
+    from tickhub.process import port_of
+
     settings = load_settings()
     try:
         response = httpx.get(
-            f"http://127.0.0.1:{settings.default_port}/ops/health/readiness", timeout=4
+            f"http://127.0.0.1:{port_of(settings)}/ops/health/readiness", timeout=4
         )
     except httpx.HTTPError:
         sys.exit(1)

@@ -286,18 +286,6 @@ class Settings:
         keys = (self.api_key, *self.api_keys_extra)
         return tuple(k for k in keys if k)
 
-    @property
-    def default_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        if "all" in self.roles:
-            return 8080
-        if "api" in self.roles:
-            return 3030
-        if "gateway" in self.roles:
-            return 4000
-        return 9090
-
 
 # --- parsing -------------------------------------------------------------------------------
 

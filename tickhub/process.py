@@ -60,6 +60,7 @@ GATEWAY_ID_TOLERANCE = 60_000 * 1_000_000
 class RoleSpec:
     """What a role brings to its process."""
 
+    port: int = 9090  # where it listens unless PORT says otherwise (the lowest of a mix)
     routes: frozenset[str] = frozenset()  # HTTP route groups: api, ui, gateway
     database: bool = False
     pipeline: bool = False  # aggregators and the writer
@@ -68,6 +69,7 @@ class RoleSpec:
 
     def __or__(self, other: RoleSpec) -> RoleSpec:
         return RoleSpec(
+            min(self.port, other.port),
             self.routes | other.routes,
             self.database or other.database,
             self.pipeline or other.pipeline,
@@ -77,11 +79,12 @@ class RoleSpec:
 
 
 ROLE_TABLE: dict[str, RoleSpec] = {
-    "api": RoleSpec(routes=frozenset({"api", "ui"}), database=True),
-    "gateway": RoleSpec(routes=frozenset({"gateway"}), hub=True),
-    "consumer": RoleSpec(database=True, pipeline=True),
-    "feeder": RoleSpec(feeder=True),
+    "api": RoleSpec(3030, routes=frozenset({"api", "ui"}), database=True),
+    "gateway": RoleSpec(4000, routes=frozenset({"gateway"}), hub=True),
+    "consumer": RoleSpec(9090, database=True, pipeline=True),
+    "feeder": RoleSpec(9090, feeder=True),
 }
+ALL_PORT = 8080  # `all` listens here
 # The roles `all` stands for; joined in memory when they share a process.
 PLATFORM = ("api", "gateway", "consumer")
 assert set(ROLE_TABLE) | {"all"} == set(ROLES), "config.ROLES names the table's roles"
@@ -102,6 +105,13 @@ def spec_of(roles: tuple[str, ...]) -> RoleSpec:
     for role in expand(roles):
         spec |= ROLE_TABLE[role]
     return spec
+
+
+def port_of(settings: Settings) -> int:
+    """Where a process with these settings listens: PORT, else its roles' default."""
+    if settings.port is not None:
+        return settings.port
+    return ALL_PORT if "all" in settings.roles else spec_of(settings.roles).port
 
 
 def linked(roles: tuple[str, ...]) -> bool:
@@ -210,7 +220,7 @@ class _Process:
 
         async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             config = server.hypercorn_config(
-                settings.host, settings.default_port, settings.http_idle_timeout_s
+                settings.host, port_of(settings), settings.http_idle_timeout_s
             )
             try:
                 await server.serve(app, config, http_stop, task_status=task_status)
@@ -218,7 +228,7 @@ class _Process:
                 http_done.set()
 
         binds = await self.nursery.start(serve)
-        url = binds[0] if binds else f"http://{settings.host}:{settings.default_port}"
+        url = binds[0] if binds else f"http://{settings.host}:{port_of(settings)}"
         if need.feeder:
             await supervisor.start(
                 "feeder", lambda h: Feeder(settings.feeder, health=h), restart=True
