@@ -94,7 +94,7 @@ class Receipt:
     duplicates: int = 0
     stored_parts: int = 0
     error: BaseException | None = None
-    committing: bool = False  # its flush decided to commit: the outcome is the commit's
+    flushing: bool = False  # in a flush: its outcome is that flush's
     done: trio.Event = attrs.field(factory=trio.Event)
 
     def part_stored(self, accepted: int, duplicates: int) -> None:
@@ -110,10 +110,10 @@ class Receipt:
             self._finish()
 
     def withdraw(self) -> bool:
-        """Its webhook's deadline passed: unless its flush is already committing, the batch
-        is given up and nothing of it will be stored (True) — a flush holding it cannot
-        commit any more, its cutoff being no later than this deadline."""
-        if self.done.is_set() or self.committing:
+        """Its webhook's deadline passed: a batch not yet in a flush is given up and nothing
+        of it will be stored (True). One in a flush has its answer coming: that flush
+        commits only before its cutoff, which is no later than this deadline."""
+        if self.done.is_set() or self.flushing:
             return False
         self.fail(Expired("not committed in time"))
         return True

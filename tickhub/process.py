@@ -41,6 +41,7 @@ from tickhub.config import ROLES, Settings, SettingsError
 from tickhub.feeder.feeder import Feeder
 from tickhub.http import server
 from tickhub.http.app import create_app
+from tickhub.http.owned import Routes
 from tickhub.http.services import Services
 from tickhub.ratelimit import MemoryLimiter
 from tickhub.redis.limiter import RedisLimiter
@@ -222,8 +223,11 @@ class _Process:
             config = server.hypercorn_config(
                 settings.host, port_of(settings), settings.http_idle_timeout_s
             )
+            routes = Routes.for_prefix(
+                settings.api_prefix, api="api" in need.routes, gateway="gateway" in need.routes
+            )
             try:
-                await server.serve(app, config, http_stop, task_status=task_status)
+                await server.serve(app, config, http_stop, routes, task_status=task_status)
             finally:
                 http_done.set()
 

@@ -3,6 +3,9 @@ slow client only, resume from the retained window, reset when the window has mov
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import trio
 
 from tickhub.actors.hub import Hub
@@ -109,3 +112,109 @@ async def test_keepalive_pings_when_quiet(autojump_clock):
     assert trio.current_time() - start == 15
     assert ping.startswith(b": ping ") and b"event: ping" in ping
     await frames.aclose()
+
+
+# --- conflation -----------------------------------------------------------------------------
+
+
+def conflated(sub) -> list[tuple[int, dict]]:
+    """(id, data) of every event in a subscriber's buffer, drained."""
+    import orjson
+
+    out = []
+    for frame in sub.buffer:
+        lines = dict(line.split(": ", 1) for line in frame.decode().strip().split("\n"))
+        out.append((int(lines["id"]), orjson.loads(lines["data"])))
+    sub.buffer.clear()
+    return out
+
+
+def tick(n: int) -> bytes:
+    return b'{"n":%d}' % n
+
+
+async def test_a_conflated_stream_sends_the_first_event_at_once_then_the_latest_per_interval(
+    autojump_clock,
+):
+    hub = Hub(retain=1000, client_buffer=100, next_id=1)
+    sub = hub.subscribe(frozenset({"BTC"}), conflate_s=0.25)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        hub.publish("BTC", [tick(0)])  # after a quiet spell: at once
+        assert conflated(sub) == [(1, {"n": 0, "conflated": 1})]
+        for n in range(1, 11):  # ten more within the interval: held, the latest kept
+            await trio.sleep(0.02)
+            hub.publish("BTC", [tick(n)])
+        assert conflated(sub) == []
+        await trio.sleep(0.25 - 0.2 + 0.001)  # the interval is up
+        assert conflated(sub) == [(11, {"n": 10, "conflated": 10})]
+        await trio.sleep(1)  # quiet: nothing, and the next tick goes at once again
+        assert conflated(sub) == []
+        hub.publish("BTC", [tick(11)])
+        assert conflated(sub) == [(12, {"n": 11, "conflated": 1})]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_conflated_client_never_gets_more_than_one_event_per_symbol_per_interval(
+    autojump_clock,
+):
+    hub = Hub(retain=10_000, client_buffer=1000, next_id=1)
+    sub = hub.subscribe(None, conflate_s=0.25)
+    plain = hub.subscribe(None)
+    got: dict[str, list[float]] = {"BTC": [], "ETH": []}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        start = trio.current_time()
+        for n in range(200):  # both symbols tick every 10 ms for 2 s
+            for symbol in got:
+                hub.publish(symbol, [b'{"s":"%s","n":%d}' % (symbol.encode(), n)])
+            for _, data in conflated(sub):
+                got[data["s"]].append(trio.current_time())
+            await trio.sleep(0.01)
+        await trio.sleep(0.3)
+        for _, data in conflated(sub):
+            got[data["s"]].append(trio.current_time())
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    for symbol, times in got.items():
+        assert len(times) <= math.ceil(elapsed / 0.25) + 1, symbol
+        assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(times)), symbol
+    assert len(plain.buffer) == 400 - plain.dropped  # tick by tick alongside, unchanged
+    last = [frame for frame in plain.buffer][-2:]
+    assert all(b'"n":199' in f for f in last)
+
+
+async def test_conflated_frames_are_encoded_once_for_every_client_of_an_interval(autojump_clock):
+    hub = Hub(retain=100, client_buffer=100, next_id=1)
+    a = hub.subscribe(frozenset({"BTC"}), conflate_s=0.5)
+    b = hub.subscribe(None, conflate_s=0.5)
+    hub.publish("BTC", [tick(1)])
+    assert a.buffer[0] is b.buffer[0]
+
+
+async def test_resume_on_a_conflated_stream_sends_each_symbols_latest_then_goes_on(
+    autojump_clock,
+):
+    hub = Hub(retain=100, client_buffer=100, next_id=1)
+    for n in range(6):  # ids 1..6: BTC, ETH alternating
+        hub.publish("BTC" if n % 2 == 0 else "ETH", [tick(n)])
+    sub = hub.subscribe(None, last_id=2, conflate_s=0.25)
+    # After id 2: BTC had 3 and 5 (latest n=4), ETH had 4 and 6 (latest n=5).
+    assert conflated(sub) == [(5, {"n": 4, "conflated": 2}), (6, {"n": 5, "conflated": 2})]
+    stale = hub.subscribe(None, last_id=999_999, conflate_s=0.25)
+    assert stale.reset
+
+
+async def test_an_idle_conflator_keeps_no_state(autojump_clock):
+    hub = Hub(retain=100, client_buffer=100, next_id=1)
+    sub = hub.subscribe(None, conflate_s=0.25)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        for n in range(100):
+            hub.publish(f"S{n}", [tick(n)])
+        await trio.sleep(1)
+        (conflator,) = hub._conflators.values()
+        assert conflator._latest == {} and conflator._due == []
+        hub.unsubscribe(sub)
+        assert hub._conflators == {}
+        nursery.cancel_scope.cancel()

@@ -4,14 +4,14 @@ the BATCH_MAX cap, the BATCH_FLUSH_MS bound, whole batches, and failed flushes."
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 import pytest
 import trio
 
 from tickhub.actors.supervisor import ActorHealth
-from tickhub.actors.writer import Writer
+from tickhub.actors.writer import COMMIT_ANSWER_S, Writer
 from tickhub.messages import (
     Expired,
     Receipt,
@@ -33,16 +33,14 @@ class FakeStore:
     flushes: list[tuple[float, int]] = attrs.field(factory=list)
     seen: set = attrs.field(factory=set)
 
-    async def write(
-        self, parts: Sequence[TickColumns], may_commit: Callable[[], bool]
-    ) -> list[StoredTick]:
+    async def write(self, parts: Sequence[TickColumns], cutoff: float) -> list[StoredTick]:
         start = trio.current_time()
         await trio.sleep(self.delay)
         if self.down:
             raise ConnectionError("postgres is down")
         if self.refuse & {p.symbol for p in parts}:
             raise Rejected("numeric field overflow")
-        if not may_commit():
+        if trio.current_time() > cutoff:
             raise Expired("rolled back")
         self.flushes.append((start, sum(len(p) for p in parts)))
         ticks = []
@@ -221,26 +219,30 @@ async def test_a_batch_past_its_deadline_is_dropped_unflushed(autojump_clock):
     assert store.flushes == [(0.0, 1)]
 
 
-async def test_a_flush_still_running_at_its_cutoff_rolls_back(autojump_clock):
-    store = FakeStore(delay=1.0)
+async def test_a_flush_ending_after_its_cutoff_rolls_back(autojump_clock):
+    store = FakeStore(delay=0.6)
     async with trio.open_nursery() as nursery:
         h = await open_writer(nursery, store)
         receipt = await h.send(part("A", 1), deadline=0.5)
         await receipt.done.wait()
         nursery.cancel_scope.cancel()
-    assert isinstance(receipt.error, Expired) and not receipt.committing
+    assert isinstance(receipt.error, Expired)
     assert store.seen == set()  # rolled back: nothing stored behind the webhook's back
-    assert trio.current_time() == pytest.approx(1.0)
+    assert trio.current_time() == pytest.approx(0.6)
 
 
-async def test_a_hung_store_fails_the_flush_after_the_timeout(autojump_clock):
+async def test_a_store_that_stops_answering_is_given_up_just_after_the_cutoff(autojump_clock):
     store = FakeStore(delay=1000)
     async with trio.open_nursery() as nursery:
         h = await open_writer(nursery, store, timeout_s=5)
-        receipt = await h.send(part("A", 1))
-        await receipt.done.wait()
-        assert isinstance(receipt.error, trio.TooSlowError)
-        assert trio.current_time() == pytest.approx(5.0)
+        late = await h.send(part("A", 1), deadline=0.5)
+        await late.done.wait()
+        assert isinstance(late.error, trio.TooSlowError)
+        assert trio.current_time() == pytest.approx(0.5 + COMMIT_ANSWER_S)
+        unbounded = await h.send(part("A", 1, "b"))  # no deadline: the store's timeout
+        await unbounded.done.wait()
+        assert isinstance(unbounded.error, trio.TooSlowError)
+        assert trio.current_time() == pytest.approx(0.5 + 5 + 2 * COMMIT_ANSWER_S)
         nursery.cancel_scope.cancel()
 
 

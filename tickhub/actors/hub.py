@@ -133,6 +133,7 @@ class Hub:
     # Owned-socket subscribers with frames to write at the next flush.
     _dirty: set[Subscriber] = attrs.field(factory=set)
     _kick: trio.Event = attrs.field(factory=trio.Event)
+    _sleeping_until: float = math.inf  # when the flush loop wakes next, lacking a kick
 
     def __attrs_post_init__(self) -> None:
         self._window = deque(maxlen=self.retain)
@@ -181,6 +182,8 @@ class Hub:
                     frame = conflator.offer(event, now)
                     if frame is not None:
                         self._deliver_conflated(conflator, event, frame)
+                    if conflator.next_due < self._sleeping_until:
+                        self._kick.set()  # a symbol's interval now ends sooner
 
     def _deliver(self, sub: Subscriber, frame: bytes) -> None:
         sub.deliver(frame)
@@ -199,11 +202,12 @@ class Hub:
         task_status.started()
         while True:
             due = min((c.next_due for c in self._conflators.values()), default=math.inf)
+            self._sleeping_until = due
             with trio.move_on_at(due):
                 await self._kick.wait()
             self._kick = trio.Event()
-            if due <= self.clock():
-                self._send_due()
+            self._sleeping_until = -math.inf  # awake: a kick meanwhile is not lost
+            self._send_due()
             self.flush()
 
     def _send_due(self) -> None:

@@ -20,11 +20,13 @@ import attrs
 import trio
 
 from tickhub.actors.pipeline import Overloaded, Pipeline
+from tickhub.actors.writer import COMMIT_ANSWER_S
 from tickhub.messages import Rejected, TickBatch
 from tickhub.redis.link import RedisLink, RedisUnavailable, encode_batch
 
-# How long a webhook whose flush is already committing at its deadline waits for the commit.
-COMMIT_GRACE_S = 1.0
+# How long a webhook whose batch is in a flush at its deadline waits for that flush's answer
+# (it committed just in time, or it rolls back): the writer's own bound.
+COMMIT_GRACE_S = COMMIT_ANSWER_S
 
 
 class IngestUnavailable(RuntimeError):
@@ -60,13 +62,13 @@ class LocalIngest:
             await receipt.done.wait()
         if receipt.withdraw():
             raise IngestUnavailable("not committed in time; nothing of this batch was stored")
-        # Its flush is committing: the answer is the commit's, a moment away.
+        # It is in a flush: that flush's answer (committed in time, or rolled back) is due.
         with trio.move_on_after(COMMIT_GRACE_S):
             await receipt.done.wait()
         if not receipt.done.is_set():
             raise IngestUnavailable(
-                "the commit was not confirmed in time: the batch may be stored; "
-                "re-sending it is safe"
+                "the database did not answer in time; the batch is not stored unless its "
+                "commit was already under way: re-sending it is safe"
             )
         if isinstance(receipt.error, Rejected):
             raise IngestRejected(str(receipt.error))

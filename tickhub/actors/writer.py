@@ -14,17 +14,17 @@ Failures stay where they start:
 - Any other failure (the database unreachable or too slow) fails the flush's receipts: their
   webhooks answer 503 and nothing of them was stored.
 - Every flush has a cutoff: the earliest of its receipts' deadlines, and never later than
-  `timeout_s` from its start. Its transaction commits only before the cutoff, else it rolls
-  back (so a webhook that gave up at its deadline is never stored behind its back); after
-  `timeout_s` the writer stops waiting for it. A receipt whose deadline passed before a
-  flush took it is dropped unflushed. The writer itself carries on.
+  `timeout_s` from its start. It commits only before the cutoff, else it rolls back (so a
+  webhook that gave up at its deadline is never stored behind its back); shortly after the
+  cutoff the writer stops waiting for it. A receipt whose deadline passed before a flush
+  took it is dropped unflushed. The writer itself carries on.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -46,13 +46,16 @@ from tickhub.messages import (
 log = structlog.get_logger(actor="writer")
 
 
+# How long after a flush's cutoff its answer may still take to arrive (it committed just in
+# time): beyond it the database is not answering, and the flush is given up.
+COMMIT_ANSWER_S = 0.25
+
+
 class Store(Protocol):
-    async def write(
-        self, parts: Sequence[TickColumns], may_commit: Callable[[], bool]
-    ) -> list[StoredTick]:
-        """Store the parts in one transaction, committed only if `may_commit()` says so once
-        they are written; the ticks new to the store. Raises Rejected when the data itself
-        cannot be stored, Expired when `may_commit()` said no (nothing was stored)."""
+    async def write(self, parts: Sequence[TickColumns], cutoff: float) -> list[StoredTick]:
+        """Store the parts in one transaction that commits only before `cutoff` (trio
+        time); the ticks new to the store. Raises Rejected when the data itself cannot be
+        stored, Expired when the cutoff passed first (nothing was stored)."""
         ...
 
 
@@ -178,17 +181,13 @@ class Writer:
         rows = sum(len(r.ticks) for r in requests)
         started = trio.current_time()
         cutoff = min(started + self.timeout_s, *(ready.receipt.deadline for ready in batch))
-
-        def may_commit() -> bool:
-            if trio.current_time() >= cutoff:
-                return False
-            for ready in batch:
-                ready.receipt.committing = True
-            return True
-
+        for ready in batch:
+            ready.receipt.flushing = True
         try:
-            with trio.fail_at(started + self.timeout_s):
-                stored = await self.store.write([r.ticks for r in requests], may_commit)
+            # Past the cutoff the store can no longer commit; a moment later (its answer on
+            # the way) the writer stops waiting and frees its flush slot.
+            with trio.fail_at(cutoff + COMMIT_ANSWER_S):
+                stored = await self.store.write([r.ticks for r in requests], cutoff)
         except Rejected as exc:
             if len(batch) > 1:
                 log.warning("flush refused; storing its batches one by one", error=str(exc))

@@ -111,7 +111,8 @@ async def _charge(svc, group: str, client: str, rate) -> None:
     g.ratelimit = decision
 
 
-def add_headers(response: Response) -> Response:
+async def add_headers(response: Response) -> Response:
+    # A coroutine: quart runs a plain function hook in a worker thread, on every request.
     decision = getattr(g, "ratelimit", None)
     if decision is not None:
         for name, value in decision.headers().items():

@@ -1,10 +1,11 @@
 """The process's HTTP server: one port for REST, the dashboard and the live stream.
 
-Connections are accepted here and sorted by their first read. One that opens with a whole
-`GET /realtime/ticks` request head is the live stream's (`http.stream`: handshake through
-the app, then the socket is written directly). Every other connection — and a stream
-request that arrives in pieces or that h11 refuses — is served by hypercorn's HTTP/1.1
-connection handler as it would be by hypercorn itself, with what was read replayed to it.
+Connections are accepted here and sorted by their first read. One that opens with a request
+of the hot routes — the webhook, the live stream — goes to the lean loop (`http.owned`:
+h11 and the same app, without hypercorn's per-request cost; an accepted stream then keeps
+its socket, `http.stream`). Every other connection is served by hypercorn's HTTP/1.1
+connection handler as it would be by hypercorn itself, with what was read replayed to it —
+and so is an owned connection as soon as a request comes on it that is not one of ours.
 
 hypercorn's `serve()` owns its accept loop, so this module runs hypercorn's own pieces the
 way `hypercorn.trio.run.worker_serve` does (its lifespan, worker context and per-connection
@@ -26,9 +27,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from tickhub.http.app_hooks import run_request_end
-from tickhub.http.stream import serve_stream
-
-STREAM_REQUEST = b"GET /realtime/ticks"
+from tickhub.http.owned import Owned, Routes
 
 
 def hypercorn_config(host: str, port: int, idle_timeout_s: float) -> Config:
@@ -104,14 +103,20 @@ class _Replayed(trio.abc.Stream):
 
 
 class _Door:
-    """Sorts each accepted connection to the live stream or to hypercorn."""
+    """Sorts each accepted connection: the hot routes to the lean loop, the rest to hypercorn."""
 
     def __init__(
-        self, app: Any, wrapped: Any, config: Config, context: WorkerContext, state: dict
+        self,
+        app: Any,
+        wrapped: Any,
+        config: Config,
+        context: WorkerContext,
+        state: dict,
+        routes: Routes,
     ) -> None:
-        self.app = app  # the ASGI app (the stream's handshake calls it)
+        self.app = app  # the ASGI app (the lean loop calls it)
         self.wrapped = wrapped  # the same as hypercorn calls it
-        self.config, self.context, self.state = config, context, state
+        self.config, self.context, self.state, self.routes = config, context, state, routes
 
     async def __call__(self, stream: trio.SocketStream) -> None:
         with trio.move_on_after(self.config.keep_alive_timeout):
@@ -122,23 +127,39 @@ class _Door:
         if not first:  # nothing within the idle timeout, or gone: as hypercorn would
             await stream.aclose()
             return
-        whole = first.startswith(STREAM_REQUEST) and first[19:20] in (b" ", b"?")
-        if whole and b"\r\n\r\n" in first:
-            try:
-                if await serve_stream(self.app, stream, first, self.state):
-                    return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return
+        if not self.routes.ours(first):
+            await self._hypercorn(stream, first)
+            return
+        owned = Owned(
+            self.app,
+            stream,
+            self.routes,
+            self.state,
+            self.config.keep_alive_timeout,
+            partial(self._hypercorn, stream),
+            first,
+        )
+        try:
+            await owned.serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await stream.aclose()
+
+    async def _hypercorn(self, stream: trio.SocketStream, first: bytes) -> None:
         replayed = _Replayed(stream, first)
         state = ConnectionState(self.state.copy())
         await TCPServer(self.wrapped, self.config, self.context, state, replayed).run()
 
 
 async def serve(
-    app: Any, config: Config, stop: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    app: Any,
+    config: Config,
+    stop: trio.Event,
+    routes: Routes,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ASGI app until `stop` is set (then finish in-flight requests within the
-    graceful timeout); report the bound address(es) to the starter."""
+    graceful timeout); `routes` go on the lean loop. Reports the bound address(es)."""
     asgi = FinishResponses(app)
     wrapped = wrap_app(asgi, config.wsgi_max_body_size, "asgi")
     state: dict = {}
@@ -158,7 +179,7 @@ async def serve(
                 for s in sockets.insecure_sockets
             ]
             task_status.started(binds)
-            door = _Door(asgi, wrapped, config, context, state)
+            door = _Door(asgi, wrapped, config, context, state, routes)
             async with trio.open_nursery() as accepting:
                 accepting.start_soon(
                     partial(trio.serve_listeners, door, listeners, handler_nursery=connections)

@@ -1,12 +1,10 @@
 """The live stream on sockets of its own: after the handshake, its bytes are written below the
 HTTP framework.
 
-A `GET /realtime/ticks` whose request head arrives whole in the connection's first read is
-taken here (`http.server` decides). Its head is parsed with h11 and the handshake — auth,
-limits, CORS, errors, the subscription — runs through the same ASGI app as every other
-request (`http.sse`). A refusal is written back as the app answered, and the connection
-closes. An accepted stream keeps the socket: the response head goes out with chunked
-framing, and from then on the subscriber's `SocketSink` writes straight to the socket.
+The handshake — auth, limits, CORS, errors, the subscription — runs through the app like any
+request on the server's own connections (`http.owned`, `http.sse`). An accepted stream keeps
+the socket (`keep`): the response head goes out with chunked framing, and from then on the
+subscriber's `SocketSink` writes straight to the socket.
 
 - `flush()` (called by the hub, once per flush) sends the subscriber's buffer as one chunk
   at once while the kernel has room; only when it has none are the bytes kept, and a drain
@@ -22,8 +20,6 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import unquote
 
 import attrs
 import h11
@@ -56,103 +52,20 @@ class Accepted:
     release: Callable[[], None]  # unsubscribe and uncount, once the connection ends
 
 
-def parse_head(data: bytes) -> tuple[h11.Connection, h11.Request] | None:
-    """The request of a head that arrived whole, with the h11 connection that will write the
-    answer; None when h11 finds it invalid (the framework then answers it)."""
-    conn = h11.Connection(h11.SERVER)
-    try:
-        conn.receive_data(data)
-        event = conn.next_event()
-    except h11.RemoteProtocolError:
-        return None
-    return (conn, event) if isinstance(event, h11.Request) else None
-
-
-def asgi_scope(request: h11.Request, sock: Any, state: dict) -> dict[str, Any]:
-    """The ASGI scope of a request, built as hypercorn builds it."""
-    path, _, query = request.target.partition(b"?")
-    peer, here = sock.getpeername(), sock.getsockname()
-    return {
-        "type": "http",
-        "http_version": request.http_version.decode(),
-        "asgi": {"spec_version": "2.1", "version": "3.0"},
-        "method": request.method.decode(),
-        "scheme": "http",
-        "path": unquote(path.decode("ascii")),
-        "raw_path": path,
-        "query_string": query,
-        "root_path": "",
-        "headers": list(request.headers),
-        "client": (peer[0], peer[1]),
-        "server": (here[0], here[1]),
-        "state": dict(state),
-        "extensions": {OWN_SOCKET: {}},
-    }
-
-
-async def serve_stream(asgi_app: Any, stream: trio.SocketStream, data: bytes, state: dict) -> bool:
-    """Run the handshake of the stream request in `data` and serve it; False when the head
-    is not a valid request (the caller hands the connection to the framework)."""
-    parsed = parse_head(data)
-    if parsed is None:
-        return False
-    conn, request = parsed
-    scope = asgi_scope(request, stream.socket, state)
-    answer = _Answer()
-    await asgi_app(scope, answer.receive, answer.send)
-    accepted: Accepted | None = scope.get(SCOPE_KEY)
-    if accepted is not None and answer.status != 200:
-        accepted.release()  # the app failed after subscribing (an after-request hook)
-        accepted = None
-    if accepted is None:
-        await _answer_and_close(stream, conn, answer)
-        return True
-    # The body is ours from here: of unknown length (chunked, or until close for HTTP/1.0).
-    headers = [(k, v) for k, v in answer.headers if k.lower() not in _FRAMING]
+async def keep(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    headers: list[tuple[bytes, bytes]],
+    accepted: Accepted,
+) -> None:
+    """Serve an accepted stream on its socket until the client goes away: the head (the
+    app's headers; the body of unknown length: chunked, or until close for HTTP/1.0), then
+    the subscriber's frames."""
+    headers = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
     head = conn.send(h11.Response(status_code=200, headers=headers))
     chunked = b"transfer-encoding: chunked" in head.lower()
     sock = socket.socket(fileno=stream.socket.detach())  # ours now: trio's stream is done
     await _own(sock, accepted, head, chunked)
-    return True
-
-
-@attrs.define
-class _Answer:
-    """The ASGI side of the handshake: the request has no body; the answer is recorded."""
-
-    status: int = 0
-    headers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
-    body: bytearray = attrs.field(factory=bytearray)
-    _received: bool = False
-
-    async def receive(self) -> dict:
-        if not self._received:
-            self._received = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await trio.sleep_forever()  # the app is done with us before this matters
-        raise AssertionError("unreachable")
-
-    async def send(self, message: dict) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
-        elif message["type"] == "http.response.body":
-            self.body += message.get("body", b"")
-
-
-async def _answer_and_close(
-    stream: trio.SocketStream, conn: h11.Connection, answer: _Answer
-) -> None:
-    headers = [(k, v) for k, v in answer.headers if k.lower() not in _FRAMING]
-    headers += [(b"content-length", b"%d" % len(answer.body)), (b"connection", b"close")]
-    out = conn.send(h11.Response(status_code=answer.status or 500, headers=headers))
-    out += conn.send(h11.Data(data=bytes(answer.body))) + conn.send(h11.EndOfMessage())
-    with trio.move_on_after(5):
-        try:
-            await stream.send_all(out)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-    await stream.aclose()
 
 
 async def _own(sock: socket.socket, accepted: Accepted, head: bytes, chunked: bool) -> None:

@@ -3,9 +3,9 @@ trio-asyncio loop (`tickhub.bridge`).
 
 Every method crosses the trio → asyncio bridge once, with a deadline (`timeout_s`, DB_TIMEOUT_MS
 by default): a database that stopped answering turns into `DatabaseUnavailable` in bounded
-time, never a hang. Work that needs several statements (a flush, a migration) is an asyncio
-coroutine function handed to `run()` or `transaction()`, which run it on one pooled connection
-inside a single bridged call. `sslmode` in DATABASE_URL is honoured by asyncpg itself
+time, never a hang. Work that needs several statements (a migration) is an asyncio coroutine
+function handed to `run()`, which runs it on one pooled connection inside a single bridged
+call. `sslmode` in DATABASE_URL is honoured by asyncpg itself
 (Render's external URLs need `sslmode=require`).
 """
 
@@ -50,7 +50,14 @@ class DatabaseUnavailable(RuntimeError):
 
 
 class CommitRefused(RuntimeError):
-    """A transaction was rolled back because its `commit_if` said no."""
+    """A statement was rolled back because it ended after its cutoff (`sql.guard`)."""
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection handed back, beyond rolling back an open
+    transaction (asyncpg does that itself): nothing. Its default runs a RESET query — a
+    round trip on every release, a third of a one-tick flush's — for session state tickhub
+    never leaves behind (no LISTEN, no SET, advisory locks released where taken)."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -71,27 +78,6 @@ class Database:
         async def unit() -> T:
             async with self.pool.acquire() as conn:
                 return await work(conn, *args)
-
-        return await self._bridge(unit, timeout_s=timeout_s)
-
-    async def transaction(
-        self,
-        work: Work[T],
-        *args: Any,
-        timeout_s: float | None = None,
-        commit_if: Callable[[], bool] | None = None,
-    ) -> T:
-        """Like `run()`, inside one transaction. With `commit_if`, the transaction commits
-        only if it answers True once the work is done; otherwise it rolls back and this
-        raises CommitRefused. The decision is ours, so a work that ran late is never stored
-        behind its caller's back: the server cannot commit what it was never told to."""
-
-        async def unit() -> T:
-            async with self.pool.acquire() as conn, conn.transaction():
-                result = await work(conn, *args)
-                if commit_if is not None and not commit_if():
-                    raise CommitRefused("the commit was no longer wanted")
-                return result
 
         return await self._bridge(unit, timeout_s=timeout_s)
 
@@ -142,6 +128,7 @@ async def open_database(
                     min_size=1,
                     max_size=max_size,
                     init=_init_connection,
+                    reset=_keep_session,
                     command_timeout=60,
                     max_inactive_connection_lifetime=300,
                 ),

@@ -1,6 +1,6 @@
-"""The writer's SQL: one flush = one statement, in a transaction that commits only while the
-flush's batches still want it (their deadlines), so a late flush is rolled back, never
-stored behind the back of a webhook that already answered 503.
+"""The writer's SQL: one flush = one statement = one round trip, which commits only before
+the flush's cutoff (`sql.guard`), so a late flush is rolled back, never stored behind the
+back of a webhook that already answered 503.
 
 The flush's ticks (duplicates included) travel as arrays, one per column, and are unnested
 once. From them the same statement inserts into `ticks_raw` (when RAW_AUDIT is on), inserts
@@ -14,12 +14,11 @@ in SQL is the same conversion as the pool's numeric codec, decoded in C instead 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-import asyncpg
+from collections.abc import Sequence
 
 from tickhub.messages import Expired, Rejected, StoredTick, TickColumns
 from tickhub.sql.db import DATA_FAULTS, CommitRefused, Database
+from tickhub.sql.guard import Guarded
 from tickhub.symbols import split_symbol
 
 # Exact microsecond arithmetic; float8 → numeric keeps 15 significant digits.
@@ -184,15 +183,19 @@ class TickStore:
         self.db = db
         self.raw_audit = raw_audit
         self._sql = flush_statement(raw_audit)
+        self._guarded = Guarded(db, self._sql)
 
     async def write(
-        self, parts: Sequence[TickColumns], may_commit: Callable[[], bool] | None = None
+        self, parts: Sequence[TickColumns], cutoff: float | None = None
     ) -> list[StoredTick]:
-        async def flush(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(self._sql, *flush_arguments(parts))
-
+        """Commit the parts — only before `cutoff` (trio time), when one is given — and
+        return the ticks new to the store."""
+        args = flush_arguments(parts)
         try:
-            rows = await self.db.transaction(flush, commit_if=may_commit)
+            if cutoff is None:
+                rows = await self.db.fetch(self._sql, *args)
+            else:
+                rows = await self._guarded.fetch(*args, cutoff=cutoff)
         except DATA_FAULTS as exc:
             raise Rejected(f"{type(exc).__name__}: {exc}") from exc
         except CommitRefused:
