@@ -170,7 +170,9 @@ class _Exchange:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 if self.conn.they_are_waiting_for_100_continue:
-                    await self._write(self.conn.send(h11.InformationalResponse(status_code=100)))
+                    await self._write(
+                        self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    )
                 data = await self.stream.receive_some(CHUNK)
                 if not data:
                     return {"type": "http.disconnect"}
