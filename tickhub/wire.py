@@ -17,6 +17,7 @@ RESET_FRAME = b'event: reset\ndata: {"reason":"stale"}\n\n'
 # After an overflow the client missed events it cannot see under a symbol filter: it reloads.
 OVERFLOW_FRAME = b'event: reset\ndata: {"reason":"overflow"}\n\n'
 RETRY_MS = 3000
+CONFLATE_MS = (50, 60_000)  # a conflated stream's interval bounds (`conflate=MS`)
 
 
 def event_data(tick: StoredTick) -> bytes:

@@ -258,6 +258,8 @@ def test_every_stream_event_conforms_to_its_schema(schema, live):
         {"symbols": f"{SEEDED},ETHUSDT"},
         {"symbol": "ETHUSDT"},  # quiet: keepalives
         {"lastEventId": "1"},  # long gone: reset
+        {"symbol": SEEDED, "conflate": 250},  # conflated: `"conflated": n`
+        {"conflate": 50, "lastEventId": "1"},
     ]
 
     def read(case: Any) -> None:

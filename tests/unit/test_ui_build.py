@@ -305,3 +305,22 @@ def test_page_can_be_listed_without_vendor_for_serving(source: Path) -> None:
 
     assert "index.html" in files and "config.js" in files
     assert not [name for name in files if name.startswith("vendor/")]
+
+
+@needs_node
+def test_stream_url_asks_for_conflation_and_resumes() -> None:
+    stream = json.dumps((UI_DIR / "stream.js").as_uri())
+    urls = node_eval(
+        f"import {{streamUrl}} from {stream};\n"
+        "const base = 'http://h/realtime/ticks';\n"
+        "console.log(JSON.stringify([\n"
+        "  streamUrl(base, ['ETHUSDT', 'BTCUSDT'], null, 250),\n"
+        "  streamUrl(base, ['BTCUSDT'], '17', 250),\n"
+        "  streamUrl(base, [], null),\n"
+        "]));\n"
+    )
+    assert urls == [
+        "http://h/realtime/ticks?symbols=ETHUSDT%2CBTCUSDT&conflate=250",
+        "http://h/realtime/ticks?symbols=BTCUSDT&conflate=250&lastEventId=17",
+        "http://h/realtime/ticks",
+    ]

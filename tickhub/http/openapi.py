@@ -13,13 +13,14 @@ when the server names none), `data`, `id` and `retry` — and its JSON `data` is
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, RootModel
 from quart_schema import QuartSchema
 from quart_schema.openapi import APIKeySecurityScheme, HttpSecurityScheme, OpenAPIProvider
 
 from tickhub import __version__
+from tickhub.wire import CONFLATE_MS
 
 Number = float
 
@@ -197,6 +198,12 @@ class StreamQuery(BaseModel):
     symbols: str | None = Field(default=None, description="comma-separated")
     lastEventId: str | None = Field(default=None, description="resume after this event id")
     token: str | None = Field(default=None, description="a stream token (READ_AUTH=1)")
+    conflate: Literal[0] | Annotated[int, Field(ge=CONFLATE_MS[0], le=CONFLATE_MS[1])] | None = (
+        Field(
+            default=None,
+            description="at most one event per symbol per this many milliseconds (0: every tick)",
+        )
+    )
 
 
 STREAM_DESCRIPTION = """\
@@ -233,7 +240,14 @@ STREAM_SCHEMAS: dict[str, Any] = {
                 "type": ["string", "null"],
                 "description": "the subscribed symbols, comma-separated; null: all",
             },
-        }
+            "conflateMs": {
+                "type": "integer",
+                "minimum": CONFLATE_MS[0],
+                "maximum": CONFLATE_MS[1],
+                "description": "the stream's conflation interval (absent: every tick)",
+            },
+        },
+        optional=("conflateMs",),
     ),
     "StreamCandle": _obj(
         {

@@ -29,7 +29,7 @@ from tickhub.http.limits import admit, client_id
 from tickhub.http.services import services
 from tickhub.http.stream import OWN_SOCKET, SCOPE_KEY, Accepted
 from tickhub.symbols import SYMBOL
-from tickhub.wire import hello_frame
+from tickhub.wire import CONFLATE_MS, hello_frame
 
 
 def _symbols() -> frozenset[str] | None:
@@ -43,17 +43,12 @@ def _symbols() -> frozenset[str] | None:
     return symbols or None
 
 
-CONFLATE_MS = (50, 60_000)
-
-
 def _conflate_ms() -> int:
     raw = request.args.get("conflate")
     if raw is None or raw == "0":
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
+    # Plain decimal digits only (int() would also take " 50", "+50" and "5_0").
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else -1
     low, high = CONFLATE_MS
     if not low <= value <= high:
         raise ApiError(400, f"conflate must be 0 or milliseconds from {low} to {high}")

@@ -29,6 +29,14 @@ const HISTORY_WITHOUT_STREAM_MS = 2_000;
 // Live events held while history (or a bucket's minutes) loads. Beyond this the load restarts, which
 // is safe: a new load starts buffering afresh and its history covers everything before it.
 const PENDING_MAX = 10_000;
+// The live stream is conflated: at most one event per symbol per CONFLATE_MS, carrying the latest
+// tick and its minute's candle, so the page's cost stays flat however fast a symbol trades.
+const CONFLATE_MS = 250;
+// An event that stands for several ticks may hide the ones that closed the minute before it (or a
+// late tick in an older minute). When the chart symbol's minute rolls over, its last few 1-minute
+// candles are read back once they have settled, so every closed bar ends exactly as stored.
+const SETTLE_AFTER_MS = 1_500;
+const SETTLE_MINUTES = 5;
 
 const $ = (id) => document.getElementById(id);
 const urls = resolveUrls(config, window.location);
@@ -61,12 +69,16 @@ let historyTimer = null;
 let metricsTimer = null;
 let metricsAt = 0;
 let metricsInFlight = false;
+let settleTimer = null;
+// The newest minute (bar time) the chart symbol's book has seen, from history or live events.
+let liveMinute = -Infinity;
 let chart = null;
 // Last price per symbol (watchlist and chart symbol): {price, ts, direction}.
 const quotes = new Map();
 
 const stream = new TickStream({
   url: urls.realtime,
+  conflateMs: CONFLATE_MS,
   onTick,
   onHello: ({resumed}) => {
     // A fresh connection may have missed events since the history was read: reload it. A resumed
@@ -113,6 +125,11 @@ function onTick(tick) {
   state.lastEventId = stream.lastEventId;
   updateQuote(tick);
   if (tick.symbol !== state.symbol || !tick.candle1m) return;
+  const minute = tick.candle1m.bucket_start;
+  if (minute > liveMinute) {
+    liveMinute = minute;
+    scheduleSettle();
+  }
   if (!metricsInFlight) {
     // At most one metrics request per METRICS_LIVE_MS, but always one after the last tick.
     const wait = METRICS_LIVE_MS - (Date.now() - metricsAt);
@@ -142,6 +159,24 @@ function applyTick(tick) {
   }
 }
 
+function scheduleSettle() {
+  clearTimeout(settleTimer);
+  settleTimer = setTimeout(settleMinutes, SETTLE_AFTER_MS);
+}
+
+/** Fold the chart symbol's latest stored minutes in (a minute's tick count only grows, so a
+ * stored candle replaces what the page holds only where conflation left it behind). */
+async function settleMinutes() {
+  const gen = loadGen;
+  try {
+    const page = await api.candles(state.symbol, '1m', {limit: SETTLE_MINUTES});
+    if (gen !== loadGen) return;
+    replay(page.items.map((item) => ({candle1m: {...item, bucket_start: item.ts}, sma10: item.sma10})));
+  } catch {
+    // The next rollover, or a reload, settles them.
+  }
+}
+
 function replay(ticks) {
   for (const tick of ticks) {
     if (pending) pending.push(tick);
@@ -163,6 +198,7 @@ function updateQuote(tick) {
 
 function installBook(next) {
   book = next;
+  liveMinute = book.last?.time ?? -Infinity;
   state.bars = book.bars;
   state.sma = book.sma;
   state.volume = book.volume;

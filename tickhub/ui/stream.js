@@ -14,10 +14,15 @@ export function backoffDelay(attempt, random = Math.random) {
   return Math.round(base * (0.8 + 0.4 * random()));
 }
 
-/** The stream URL for a set of symbols, resuming after `lastEventId` when there is one. */
-export function streamUrl(realtimeUrl, symbols, lastEventId) {
+/**
+ * The stream URL for a set of symbols, conflated to `conflateMs` when given (at most one event per
+ * symbol per interval, carrying the latest tick and its candle), resuming after `lastEventId` when
+ * there is one.
+ */
+export function streamUrl(realtimeUrl, symbols, lastEventId, conflateMs = 0) {
   const url = new URL(realtimeUrl);
   if (symbols.length) url.searchParams.set('symbols', symbols.join(','));
+  if (conflateMs) url.searchParams.set('conflate', String(conflateMs));
   if (lastEventId) url.searchParams.set('lastEventId', lastEventId);
   return url.toString();
 }
@@ -37,9 +42,10 @@ export function streamUrl(realtimeUrl, symbols, lastEventId) {
  * answers and wrong content types, and the URL always carries the latest id.
  */
 export class TickStream {
-  constructor({url, onTick, onHello, onReset, onStatus, EventSourceImpl = globalThis.EventSource,
-    now = () => Date.now(), random = Math.random}) {
+  constructor({url, conflateMs = 0, onTick, onHello, onReset, onStatus,
+    EventSourceImpl = globalThis.EventSource, now = () => Date.now(), random = Math.random}) {
     this.url = url;
+    this.conflateMs = conflateMs;
     this.onTick = onTick;
     this.onHello = onHello;
     this.onReset = onReset;
@@ -88,7 +94,9 @@ export class TickStream {
     this.retryTimer = null;
     this.resuming = Boolean(this.lastEventId);
     this.setStatus('reconnecting');
-    const source = new this.EventSourceImpl(streamUrl(this.url, this.symbols, this.lastEventId));
+    const source = new this.EventSourceImpl(
+      streamUrl(this.url, this.symbols, this.lastEventId, this.conflateMs),
+    );
     this.source = source;
     const mine = (fn) => (event) => {
       if (this.source === source) fn(event);
