@@ -25,6 +25,8 @@ class PostStats:
     acked: int = 0
     seconds: float = 0.0
     ack_ms: list[float] = attrs.field(factory=list)
+    # The newest marker acked per symbol: what a conflated stream's last event must carry.
+    last_marks: dict[str, int] = attrs.field(factory=dict)
 
     def summary(self) -> dict[str, Any]:
         ack = sorted(self.ack_ms)
@@ -53,26 +55,30 @@ async def post_paced(
     t_base_ns: int,
     run: str,
     concurrency: int = 32,
+    symbols: tuple[str, ...] = SYMBOLS,
 ) -> PostStats:
     """POST `batch` ticks every `batch / rate` s for `seconds` (without waiting for the previous
-    answer; at most `concurrency` in flight). Each price is a marker: (µs from `t_base_ns` to
-    just before the POST) * MARK + index in the batch."""
+    answer; at most `concurrency` in flight), the symbols taken in turn across posts. Each
+    price is a marker: (µs from `t_base_ns` to just before the POST) * MARK + index in the
+    batch."""
     stats = PostStats()
     interval = batch / rate
     count = max(1, round(seconds / interval))
     limiter = trio.CapacityLimiter(concurrency)
     last_rel = -1
+    turn = 0
 
     async def post_one(client: httpx.AsyncClient) -> None:
-        nonlocal last_rel
+        nonlocal last_rel, turn
         async with limiter:
             t0 = time.monotonic_ns()
             rel_us = max((t0 - t_base_ns) // 1000, last_rel + 1)
             last_rel = rel_us
             wall = time.time()
+            first, turn = turn, turn + batch
             items = [
                 {
-                    "symbol": SYMBOLS[i % len(SYMBOLS)],
+                    "symbol": symbols[(first + i) % len(symbols)],
                     "price": float(rel_us * MARK + i),
                     "ts": round(wall + i * 1e-6, 6),
                     "volume": 1.0,
@@ -91,6 +97,10 @@ async def post_paced(
                 return
             stats.ack_ms.append((time.monotonic_ns() - t0) / 1e6)
             stats.acked += response.json()["accepted"]
+            for item in items:
+                mark = int(item["price"])
+                if mark > stats.last_marks.get(item["symbol"], -1):
+                    stats.last_marks[item["symbol"]] = mark
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(

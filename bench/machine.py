@@ -56,3 +56,20 @@ def port_range() -> tuple[int, int]:
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         lo, hi = f.read().split()
     return int(lo), int(hi)
+
+
+def process_usage(pid: int) -> tuple[float, int, int]:
+    """RSS in MiB, open fds, and how many of them are sockets."""
+    rss_kb = 0
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                rss_kb = int(line.split()[1])
+    fds = sockets = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        fds += 1
+        try:
+            sockets += os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:")
+        except OSError:
+            pass  # closed between listdir and readlink
+    return rss_kb / 1024, fds, sockets

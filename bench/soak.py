@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import subprocess
@@ -40,6 +39,7 @@ import attrs
 import httpx
 import trio
 
+from bench.machine import process_usage
 from bench.stack import API_KEY, Stack
 from tickhub.dev import wait_ready
 from tickhub.logs import configure_logging
@@ -83,23 +83,6 @@ class Counters:
 
 
 # --- the server process -------------------------------------------------------------------
-
-
-def process_usage(pid: int) -> tuple[float, int, int]:
-    """RSS in MiB, open fds, and how many of them are sockets."""
-    rss_kb = 0
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                rss_kb = int(line.split()[1])
-    fds = sockets = 0
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        fds += 1
-        try:
-            sockets += os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:")
-        except OSError:
-            pass  # closed between listdir and readlink
-    return rss_kb / 1024, fds, sockets
 
 
 def server_connections(port: int) -> tuple[int, int]:

@@ -25,8 +25,11 @@ HIST_BIN_US = 100  # latency histogram resolution
 HIST_BINS = 300_000  # up to 30 s
 
 PRICE = re.compile(rb'"price":(\d+)')
+# A tracked client (one of a conflated run) notes the newest marker it got per symbol.
+SYMBOL_PRICE = re.compile(rb'"symbol":"([^"]*)","price":(\d+)')
+STREAM_PATH = "/realtime/ticks"
 REQUEST = (
-    b"GET /realtime/ticks HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+    b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
     b"Cache-Control: no-cache\r\n\r\n"
 )
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -34,13 +37,25 @@ _CONNECTING, _HEADERS, _STREAM = 0, 1, 2
 
 
 class _Client:
-    __slots__ = ("buf", "events", "sock", "state")
+    __slots__ = ("buf", "events", "last", "path", "sock", "state")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, path: str, track: bool) -> None:
         self.sock = sock
+        self.path = path
         self.state = _CONNECTING
         self.buf = b""
         self.events = 0
+        self.last: dict[bytes, int] | None = {} if track else None
+
+
+def path_symbols(path: str) -> list[bytes]:
+    """The symbols a stream path subscribes to (`?symbols=A,B` or `?symbol=A`)."""
+    query = path.partition("?")[2]
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name in ("symbols", "symbol") and value:
+            return [v.encode() for v in value.split(",")]
+    return []
 
 
 def source_address(i: int, per_addr: int) -> str:
@@ -60,7 +75,8 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
     cmd_fd = conn.fileno()
     ep.register(cmd_fd, select.EPOLLIN)
     clients: dict[int, _Client] = {}
-    todo: deque[tuple[str, int, str]] = deque()  # (host, port, source address) to connect
+    # (host, port, source address, path, tracked) of the clients still to connect
+    todo: deque[tuple[str, int, str, str, bool]] = deque()
     inflight = 0
     concurrency = 64
     connect_reply: dict[str, Any] | None = None
@@ -80,7 +96,7 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
     def open_next() -> None:
         nonlocal inflight, failed
         while todo and inflight < concurrency:
-            host, port, src = todo.popleft()
+            host, port, src, path, track = todo.popleft()
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.setblocking(False)
@@ -95,7 +111,7 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
                 sock.close()
                 failed += 1
                 continue
-            clients[sock.fileno()] = _Client(sock)
+            clients[sock.fileno()] = _Client(sock, path, track)
             ep.register(sock.fileno(), select.EPOLLOUT)
             inflight += 1
 
@@ -135,13 +151,16 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
         except EOFError:
             return False
         kind = msg[0]
-        if kind == "connect":  # ("connect", n, [(host, port)], per_addr, first_index, timeout)
-            _, n, targets, per_addr, first, timeout = msg
+        if (
+            kind == "connect"
+        ):  # ("connect", n, [(host, port)], per_addr, first, timeout, paths, track)
+            _, n, targets, per_addr, first, timeout, paths, track = msg
             failed = 0
             reasons.clear()
             for i in range(n):
                 host, port = targets[i % len(targets)]
-                todo.append((host, port, source_address(first + i, per_addr)))
+                path = paths[i % len(paths)]
+                todo.append((host, port, source_address(first + i, per_addr), path, track))
             connect_started = time.monotonic()
             connect_deadline = connect_started + timeout
             connect_reply = {}
@@ -155,13 +174,25 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
             first_seen.clear()
             for c in clients.values():
                 c.events = 0
+                if c.last is not None:
+                    c.last.clear()
             measuring = True
             conn.send(("started", ready_clients()))
         elif kind == "count":
             conn.send(("count", stats["events"]))
-        elif kind == "stop":
+        elif kind == "stop":  # ("stop", {symbol: newest marker posted}) for tracked clients
             measuring = False
-            per_client = sorted(c.events for c in clients.values() if c.state == _STREAM)
+            final = {k.encode(): v for k, v in msg[1].items()} if len(msg) > 1 else {}
+            streaming = [c for c in clients.values() if c.state == _STREAM]
+            per_client = sorted(c.events for c in streaming)
+            tracked = fresh = 0
+            for c in streaming:
+                if c.last is None:
+                    continue
+                for symbol in path_symbols(c.path):
+                    if symbol in final:
+                        tracked += 1
+                        fresh += c.last.get(symbol) == final[symbol]
             cpu = os.times()
             conn.send(
                 (
@@ -170,6 +201,8 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
                         **stats,
                         "clients": len(per_client),
                         "min_client_events": per_client[0] if per_client else 0,
+                        "tracked": tracked,
+                        "fresh": fresh,
                         "max_client_events": per_client[-1] if per_client else 0,
                         "hist": {i: v for i, v in enumerate(hist) if v},
                         "spread": {i: v for i, v in enumerate(spread) if v},
@@ -224,7 +257,13 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
                     # a chunk (one write by the server) that carries events starts with one
                     stats["chunks"] += region.count(b"\r\nid: ")
                     now_us = time.monotonic_ns() // 1000 - base_us
-                    marks = findall(region)
+                    if client.last is None:
+                        marks = findall(region)
+                    else:
+                        pairs = SYMBOL_PRICE.findall(region)
+                        marks = [m for _, m in pairs]
+                        for symbol, m in pairs:
+                            client.last[symbol] = int(m)
                     stats["marked"] += len(marks)
                     for m in marks:
                         lat = now_us - int(m) // MARK
@@ -244,7 +283,7 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
                     drop(fd, client, count=False, why=f"connect: {os.strerror(err)}")
                     open_next()
                     continue
-                client.sock.send(REQUEST)
+                client.sock.send(REQUEST % client.path.encode())
                 client.state = _HEADERS
                 ep.modify(fd, select.EPOLLIN)
             else:  # _HEADERS: wait for the status line, the headers and the hello event
@@ -314,12 +353,23 @@ class SseClients:
         return self._conn.recv()[1]
 
     def connect(
-        self, n: int, targets: list[tuple[str, int]], per_addr: int, timeout: float = 120
+        self,
+        n: int,
+        targets: list[tuple[str, int]],
+        per_addr: int,
+        timeout: float = 120,
+        paths: list[str] | None = None,
+        track: bool = False,
     ) -> dict[str, Any]:
+        """Connect `n` clients over `targets`, client i on `paths[i % len(paths)]` (default:
+        every tick of every symbol); `track`: note each one's newest marker per symbol."""
         first = self.next_index
         # each step starts on a fresh source address
         self.next_index = (first + n + per_addr - 1) // per_addr * per_addr
-        return self.call("connect", n, targets, per_addr, first, timeout, timeout=timeout + 10)
+        return self.call(
+            "connect", n, targets, per_addr, first, timeout, paths or [STREAM_PATH], track,
+            timeout=timeout + 10,
+        )  # fmt: skip
 
     def close(self) -> None:
         try:

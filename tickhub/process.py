@@ -279,6 +279,7 @@ class _Process:
         assert db is not None
         if self.link is not None:
             publisher: Any = RedisPublisher(self.link, settings.sse_retain_events)
+            await self.supervisor.start("publisher", lambda _: publisher, restart=True)
         elif self.hub is not None:
             publisher = HubPublisher(self.hub)
         else:

@@ -322,16 +322,20 @@ class RedisLink:
 
     # --- the updates stream ---------------------------------------------------------------
 
-    async def publish_updates(self, symbol: str, payloads: list[bytes], maxlen: int) -> None:
+    async def publish_updates(self, batch: list[tuple[str, list[bytes]]], maxlen: int) -> None:
+        """Every (symbol, event data) of `batch` onto the updates stream, in order, in one
+        round trip."""
+
         async def unit() -> Any:
             async with self.client.pipeline(transaction=False) as pipe:
-                for data in payloads:
-                    pipe.xadd(
-                        self.names.updates,
-                        {"s": symbol, "d": data},
-                        maxlen=maxlen,
-                        approximate=True,
-                    )
+                for symbol, payloads in batch:
+                    for data in payloads:
+                        pipe.xadd(
+                            self.names.updates,
+                            {"s": symbol, "d": data},
+                            maxlen=maxlen,
+                            approximate=True,
+                        )
                 return await pipe.execute()
 
         await self._bridge(unit)
