@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import trio
 
@@ -218,3 +219,43 @@ async def test_an_idle_conflator_keeps_no_state(autojump_clock):
         hub.unsubscribe(sub)
         assert hub._conflators == {}
         nursery.cancel_scope.cancel()
+
+
+class SlowSink:
+    """An owned connection whose every write takes 100 µs of CPU."""
+
+    def __init__(self, log: list[str], first: trio.Event, done: trio.Event, of: int) -> None:
+        self.log, self.first, self.done, self.of = log, first, done, of
+
+    def flush(self, sub) -> None:
+        until = time.perf_counter() + 0.0001
+        while time.perf_counter() < until:
+            pass
+        sub.take()
+        self.log.append("write")
+        self.first.set()
+        if self.log.count("write") == self.of:
+            self.done.set()
+
+
+async def test_a_flush_to_many_clients_lets_the_other_tasks_run_between_slices():
+    """A webhook waiting while the hub writes to 200 slow sockets (20 ms in all) runs after
+    one slice of them, not after all."""
+    hub = Hub(next_id=1)
+    log: list[str] = []
+    first, done = trio.Event(), trio.Event()
+    for _ in range(200):
+        hub.subscribe(None).sink = SlowSink(log, first, done, 200)
+
+    async def webhook() -> None:
+        await first.wait()
+        log.append("webhook")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        nursery.start_soon(webhook)
+        publish(hub, "BTC", 1)
+        with trio.fail_after(5):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert log.index("webhook") < 60, log.index("webhook")  # a slice is ~20 writes
