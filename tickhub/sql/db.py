@@ -129,7 +129,10 @@ async def open_database(
                     max_size=max_size,
                     init=_init_connection,
                     reset=_keep_session,
-                    command_timeout=60,
+                    # Deadlines are the bridge's (DB_TIMEOUT_MS, the migrations' own): a
+                    # second timer per statement would cost every flush an asyncio timer
+                    # and cut a long migration off at its 60 s.
+                    command_timeout=None,
                     max_inactive_connection_lifetime=300,
                 ),
                 timeout_s=connect_timeout_s,
