@@ -48,6 +48,16 @@ class _Client:
         self.last: dict[bytes, int] | None = {} if track else None
 
 
+def receive(sock: socket.socket, size: int) -> bytes | None:
+    """What the socket has (b"" once it is closed or reset), or None when it has nothing yet."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def path_symbols(path: str) -> list[bytes]:
     """The symbols a stream path subscribes to (`?symbols=A,B` or `?symbol=A`)."""
     query = path.partition("?")[2]
@@ -232,12 +242,9 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
                 continue
             state = client.state
             if state == _STREAM:
-                try:
-                    data = client.sock.recv(262144)
-                except (BlockingIOError, InterruptedError):
+                data = receive(client.sock, 262144)
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     drop(fd, client, count=True)
                     continue
@@ -287,12 +294,9 @@ def _reader_main(conn: Any, t_base_ns: int) -> None:
                 client.state = _HEADERS
                 ep.modify(fd, select.EPOLLIN)
             else:  # _HEADERS: wait for the status line, the headers and the hello event
-                try:
-                    data = client.sock.recv(65536)
-                except (BlockingIOError, InterruptedError):
+                data = receive(client.sock, 65536)
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     drop(fd, client, count=False)
                     open_next()

@@ -43,8 +43,15 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
-async def call_aio(fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float) -> T:
-    """`await fn(*args)` on the bridge's loop, for at most `timeout_s` seconds."""
+async def call_aio(
+    fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    timeout_s: float,
+    extend: Callable[[], Awaitable[float]] | None = None,
+) -> T:
+    """`await fn(*args)` on the bridge's loop, for at most `timeout_s` seconds — and then, with
+    `extend`, for as many seconds more as `await extend()` says (0: none): a caller whose
+    call's outcome matters can check that the server is still there before giving up."""
     loop = trio_asyncio.current_loop.get()
     if loop is None:
         raise RuntimeError("no asyncio bridge: call inside open_bridge()")
@@ -52,12 +59,32 @@ async def call_aio(fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float
     done = trio.Event()
     future.add_done_callback(lambda _: done.set())
     try:
-        with trio.move_on_after(timeout_s) as waited:
+        with trio.move_on_after(timeout_s):
             await done.wait()
+        if not future.done() and extend is not None:
+            more = await extend()
+            with trio.move_on_after(more):
+                await done.wait()
     finally:
         if not future.done():
             future.cancel()
             future.add_done_callback(_retrieve)
-    if waited.cancelled_caught:
+    if not done.is_set():
         raise BridgeTimeout(f"no answer within {timeout_s:g} s")
     return future.result()
+
+
+async def call_as(
+    fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    timeout_s: float,
+    failures: tuple[type[BaseException], ...],
+    raise_as: Callable[[str], Exception],
+    extend: Callable[[], Awaitable[float]] | None = None,
+) -> T:
+    """`call_aio`, with a client library's failures (`failures`, a missed deadline among them
+    if listed) raised as one error of ours (`raise_as`), so callers catch one outcome."""
+    try:
+        return await call_aio(fn, *args, timeout_s=timeout_s, extend=extend)
+    except failures as exc:
+        raise raise_as(f"{type(exc).__name__}: {exc}") from exc

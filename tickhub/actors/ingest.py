@@ -21,12 +21,13 @@ import trio
 
 from tickhub.actors.pipeline import Overloaded, Pipeline
 from tickhub.actors.writer import COMMIT_ANSWER_S
-from tickhub.messages import Rejected, TickBatch
+from tickhub.messages import Expired, Rejected, TickBatch
 from tickhub.redis.link import RedisLink, RedisUnavailable, encode_batch
 
 # How long a webhook whose batch is in a flush at its deadline waits for that flush's answer
-# (it committed just in time, or it rolls back): the writer's own bound.
-COMMIT_GRACE_S = COMMIT_ANSWER_S
+# (it committed just in time, or it rolls back): the writer's own bound, and a margin — the
+# writer answers by then.
+COMMIT_GRACE_S = COMMIT_ANSWER_S + 0.5
 
 
 class IngestUnavailable(RuntimeError):
@@ -72,8 +73,13 @@ class LocalIngest:
             )
         if isinstance(receipt.error, Rejected):
             raise IngestRejected(str(receipt.error))
+        if isinstance(receipt.error, Expired):
+            raise IngestUnavailable("not committed in time; nothing of this batch was stored")
         if receipt.failed:
-            raise IngestUnavailable("storage is unavailable; nothing of this batch was stored")
+            raise IngestUnavailable(
+                "storage is unavailable; the batch is not stored unless the database "
+                "committed it before it stopped answering: re-sending it is safe"
+            )
         return IngestResult(receipt.accepted, receipt.duplicates)
 
 

@@ -42,20 +42,23 @@ from tickhub.messages import (
     TickColumns,
     WriteRequest,
 )
+from tickhub.sql.guard import OUTCOME_WITHIN_S
 
 log = structlog.get_logger(actor="writer")
 
 
-# How long after a flush's cutoff its answer may still take to arrive (it committed just in
-# time): beyond it the database is not answering, and the flush is given up.
-COMMIT_ANSWER_S = 0.25
+# How long after a flush's cutoff the store takes at most to know its outcome (committed
+# just in time, or not at all), waiting for a server that is still there: beyond it the
+# writer gives the flush up and frees its slot.
+COMMIT_ANSWER_S = OUTCOME_WITHIN_S + 0.25  # the store's own verdict first
 
 
 class Store(Protocol):
     async def write(self, parts: Sequence[TickColumns], cutoff: float) -> list[StoredTick]:
         """Store the parts in one transaction that commits only before `cutoff` (trio
         time); the ticks new to the store. Raises Rejected when the data itself cannot be
-        stored, Expired when the cutoff passed first (nothing was stored)."""
+        stored, Expired when the cutoff passed first (nothing was stored). Answers within
+        COMMIT_ANSWER_S of the cutoff."""
         ...
 
 

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import trio
 
-from tickhub.bridge import BridgeTimeout, call_aio
+from tickhub.bridge import BridgeTimeout, call_aio, call_as
 from tickhub.clock import wall_ms
 from tickhub.config import Settings
 from tickhub.messages import TickColumns
@@ -136,11 +136,10 @@ class RedisLink:
     async def _bridge(
         self, fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float | None = None
     ) -> T:
-        try:
-            timeout = self.timeout_s if timeout_s is None else timeout_s
-            return await call_aio(fn, *args, timeout_s=timeout)
-        except UNAVAILABLE as exc:
-            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        return await call_as(
+            fn, *args, timeout_s=timeout, failures=UNAVAILABLE, raise_as=RedisUnavailable
+        )
 
     async def writable(self, timeout_s: float = 2.0) -> bool:
         """Whether Redis takes a write now (readiness): a tiny key with a short TTL."""

@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from tickhub.backoff import Backoff
-from tickhub.bridge import BridgeTimeout, call_aio
+from tickhub.bridge import BridgeTimeout, call_aio, call_as
 
 log = structlog.get_logger(actor="db")
 
@@ -95,6 +95,20 @@ class Database:
     async def execute(self, sql: str, *args: Any) -> str:
         return await self._bridge(self.pool.execute, sql, *args)
 
+    async def fetch_outcome(
+        self, sql: str, *args: Any, answer_s: float, probe_s: float, patience_s: float
+    ) -> list[asyncpg.Record]:
+        """`fetch` for a statement whose outcome must be known (a flush: committed or not).
+        Its answer is awaited `answer_s`; past that, when the server still answers a probe on
+        another connection (within `probe_s`), for `patience_s` more: the statement's own
+        answer is on its way (this process, not the server, is behind). Only a server that
+        stopped answering leaves the outcome unknown: DatabaseUnavailable."""
+
+        async def alive() -> float:
+            return patience_s if await self.ping(probe_s) else 0.0
+
+        return await self._bridge(self.pool.fetch, sql, *args, timeout_s=answer_s, extend=alive)
+
     async def ping(self, timeout_s: float = 2.0) -> bool:
         try:
             return await self._bridge(self.pool.fetchval, "SELECT 1", timeout_s=timeout_s) == 1
@@ -102,13 +116,21 @@ class Database:
             return False
 
     async def _bridge(
-        self, fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float | None = None
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        timeout_s: float | None = None,
+        extend: Callable[[], Awaitable[float]] | None = None,
     ) -> T:
-        try:
-            timeout = self.timeout_s if timeout_s is None else timeout_s
-            return await call_aio(fn, *args, timeout_s=timeout)
-        except UNAVAILABLE as exc:
-            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        return await call_as(
+            fn,
+            *args,
+            timeout_s=timeout,
+            failures=UNAVAILABLE,
+            raise_as=DatabaseUnavailable,
+            extend=extend,
+        )
 
 
 @asynccontextmanager

@@ -9,7 +9,9 @@ three, and each a sleep and a wake-up of the process.
 Instead the statement runs inside a PL/pgSQL function that, once the statement has done all
 its work, compares the server's clock with the cutoff and raises if it is past. The call is
 one autocommit statement: the raise rolls it all back. A database paused in the middle of a
-flush (SIGSTOP, a stalled host) therefore rolls it back when it resumes, however late.
+flush (SIGSTOP, a stalled host) therefore rolls it back when it resumes, however late. Its
+answer is awaited while the server is alive (`ANSWER_S`, `PROBE_S`, `PATIENCE_S`), so the
+outcome reported is the outcome on the server unless the server itself stopped answering.
 
 The cutoff travels in the server's clock: the offset between the two clocks is measured
 when the function is created (half a round trip of error) and again every `REMEASURE_S`.
@@ -32,6 +34,15 @@ from tickhub.sql.db import CommitRefused, Database
 
 GUARD_STATE = "TH001"  # the SQLSTATE the guard raises (class TH: tickhub's own)
 REMEASURE_S = 60.0
+# After the cutoff the outcome is settled on the server (committed before it, or never);
+# only its answer is due. It is awaited ANSWER_S; then, if the server still answers a probe
+# (PROBE_S), PATIENCE_S more: a process too busy to read its sockets in time (a burst of
+# webhooks, a starved machine) must not take a committed flush for a failed one and answer
+# 503 for stored ticks. Only a server that stopped answering leaves the outcome unknown.
+ANSWER_S = 0.25
+PROBE_S = 1.0
+PATIENCE_S = 5.0
+OUTCOME_WITHIN_S = ANSWER_S + PROBE_S + PATIENCE_S  # after the cutoff, at the latest
 _OFFSET = "SELECT extract(epoch FROM clock_timestamp())::float8"
 _TYPES = "SELECT format_type(o, NULL) FROM unnest($1::oid[]) WITH ORDINALITY AS u(o, n) ORDER BY n"
 
@@ -54,10 +65,19 @@ class Guarded:
         """The statement's rows; CommitRefused (nothing stored) when it ended after `cutoff`
         (trio time)."""
         if not self._call or trio.current_time() - self._measured_at > REMEASURE_S:
-            await self.db.run(self._prepare)
-        server_cutoff = wall_s() + (cutoff - trio.current_time()) + self._offset_s
+            # Nothing is stored yet: this may only take until the cutoff.
+            await self.db.run(self._prepare, timeout_s=max(cutoff - trio.current_time(), 0.01))
+        left = cutoff - trio.current_time()
+        server_cutoff = wall_s() + left + self._offset_s
         try:
-            return await self.db.fetch(self._call, *args, server_cutoff)
+            return await self.db.fetch_outcome(
+                self._call,
+                *args,
+                server_cutoff,
+                answer_s=max(left, 0.0) + ANSWER_S,
+                probe_s=PROBE_S,
+                patience_s=PATIENCE_S,
+            )
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == GUARD_STATE:
                 raise CommitRefused("ended after its cutoff; rolled back") from None
