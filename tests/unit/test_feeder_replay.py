@@ -286,7 +286,7 @@ async def test_interrupted_and_resumed_posts_every_row_exactly_once(
         api.crash_at = len(api.posts) + rng.randint(1, batches) if interruptions < 3 else None
         api.crash_after_storing = rng.random() < 0.5
         try:
-            report = await replay_csv(path, api, batch_size=batch_size)
+            report = await replay_csv(path, api, batch_size=batch_size, concurrency=1)
         except Crash:
             interruptions += 1
             continue
