@@ -228,6 +228,31 @@ async def test_bad_rows_are_skipped_with_their_line_numbers(tmp_path: Path) -> N
     ]
 
 
+async def test_quoted_fields_and_stray_carriage_returns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(
+        b"symbol,ts,price,volume,id\n"
+        b'"BTCUSDT","1730425200","1,5",1,a\n'  # the quotes make "1,5" one (bad) price
+        b'BTCUSDT,"1730425201",2,1,b\n'
+        b"BTCUSDT,17304\r25202,3,1,c\n"  # a carriage return inside a line costs only it
+        b'BTCUSDT,"17304\r25203",4,1,d\n'
+        b'BTCUSDT,1730425204,5,1,e"\r"\n'
+        b"BTCUSDT,1730425205,6,1,f\r\n"
+    )
+    api = FakeApi()
+    report = await replay_csv(path, api)
+    assert [(r.line, r.message.split(":")[0]) for r in report.errors] == [
+        (2, "price '1,5'"),
+        (4, "ts '17304\\r25202'"),
+        (5, "ts '17304\\r25203'"),
+        (6, "not CSV"),
+    ]
+    assert [(i["idempotencyKey"], i["ts"]) for i in api.posted_items] == [
+        ("b", 1730425201.0),
+        ("f", 1730425205.0),
+    ]
+
+
 async def test_on_error_stop_ends_at_the_first_bad_row(tmp_path: Path) -> None:
     api = FakeApi()
     path = copy("feeder_bad_rows.csv", tmp_path)
