@@ -85,8 +85,10 @@ _MS_ABOVE = 1e11
 _KEEP_ERRORS = 100
 # Out-of-order rows logged one by one before the report's count has to do.
 _LOG_OUT_OF_ORDER = 10
-# Batches in flight at once by default: measured with bench/replay.py against `run --role
-# all` (bench/results/replay.md); more only adds rows held and re-posted after a crash.
+# Batches in flight at once by default. bench/replay.py against `run --role all` on one host
+# (docs/performance.md §3.6): 4 did as well as 1 or better in every round, 2 to 8 are within
+# the noise of one another, 16 is lower; 4 leaves room for an api a round trip away. More only
+# adds rows held, and posted again after a crash.
 DEFAULT_CONCURRENCY = 4
 
 
