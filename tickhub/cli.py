@@ -262,6 +262,13 @@ def feed() -> None:
 )
 @click.option("--source", default=None, help="Source in /stats (default replay:<file stem>).")
 @click.option("--batch-size", type=click.IntRange(1, 5000), default=500, show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=4,  # replay.DEFAULT_CONCURRENCY, not imported before the command runs (a test)
+    show_default=True,
+    help="Batches in flight at once; the checkpoint only passes batches all acknowledged.",
+)
 def replay(
     file: Path,
     speed: str,
@@ -270,6 +277,7 @@ def replay(
     checkpoint: Path | None,
     source: str | None,
     batch_size: int,
+    concurrency: int,
 ) -> None:
     """Post a CSV (symbol,ts,price,volume[,id]) to ORCHESTRATOR_BASE_URL in order; resumable."""
     from tickhub.feeder.client import RetryPolicy, open_webhook_client
@@ -299,6 +307,7 @@ def replay(
                 source=source,
                 batch_size=batch_size,
                 flush_ms=settings.flush_ms,
+                concurrency=concurrency,
             )
 
     try:
@@ -317,6 +326,13 @@ def replay(
         click.echo(
             f"stopped at line {report.stopped_at.line}: {report.stopped_at.message}", err=True
         )
+        if report.posted_past_stop:
+            click.echo(
+                f"{report.posted_past_stop} of the rows posted come after it (their batches"
+                " were in flight): they are stored, and a resumed run posts them again as"
+                " duplicates",
+                err=True,
+            )
         sys.exit(1)
 
 

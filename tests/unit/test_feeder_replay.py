@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -14,9 +16,11 @@ import structlog
 import trio
 from structlog.testing import capture_logs
 
+from tickhub.feeder import replay
 from tickhub.feeder.client import DeliveryError, RejectedError
 from tickhub.feeder.replay import (
     BadRow,
+    Checkpoint,
     ReplayError,
     parse_speed,
     parse_ts,
@@ -32,17 +36,69 @@ class Crash(Exception):
 
 
 class FakeApi:
-    """Records every post and stores items by key, deduplicating like the api."""
+    """Records every post and stores items by key, deduplicating like the api.
 
-    def __init__(self) -> None:
+    Scripted answers, with no clock involved: `answer_order` lists batches (numbered from 0
+    by their first row, `batch_size` rows each) in the order the api answers their first post;
+    a post waits for its turn, so the batches before it in the list must have been sent.
+    Posts of other batches, and later posts of a batch, are answered at once. Posts of the
+    batches in `held` wait for `release`.
+    """
+
+    def __init__(self, batch_size: int = 500) -> None:
         self.stored: dict[str, dict] = {}
         self.posts: list[tuple[float, list[dict]]] = []
         self.crash_at: int | None = None  # crash on this post number...
         self.crash_after_storing = False  # ...after or before the api stored it
         self.reject: dict[str, str] = {}  # key -> message: a 422 naming the item
+        self.latency: Callable[[], float] | None = None  # seconds a post takes
+        self.batch_size = batch_size
+        self.answer_order: list[int] = []
+        self.unreachable: set[int] = set()  # batches whose turn is a DeliveryError
+        self.held: set[int] = set()
+        self.release = trio.Event()
+        self.in_flight = self.max_in_flight = 0
+        self.arrived: list[tuple[float, int]] = []  # (time, first line) of every post
+        self.changed = trio.Event()  # set (and replaced) when a post arrives or is answered
+        self._answered: list[int] = []
+        self._turn = trio.Event()
 
     async def post_ticks(self, source: str, items: list[dict]) -> dict:
         assert source
+        self.arrived.append((trio.current_time(), line_of(items[0])))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._notify()
+        try:
+            return await self._answer(items)
+        finally:
+            self.in_flight -= 1
+            self._notify()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def _answer(self, items: list[dict]) -> dict:
+        batch = (line_of(items[0]) - 2) // self.batch_size
+        if batch in self.held:
+            await self.release.wait()
+        if batch not in self.answer_order or batch in self._answered:
+            return await self._store(items)
+        while self.answer_order[len(self._answered)] != batch:
+            await self._turn.wait()
+        try:
+            if batch in self.unreachable:
+                raise DeliveryError("POST webhooks/ticks failed after 4 tries: 503")
+            return await self._store(items)
+        finally:  # the next batch's turn comes once this one is answered
+            self._answered.append(batch)
+            self._turn.set()
+            self._turn = trio.Event()
+
+    async def _store(self, items: list[dict]) -> dict:
+        latency = self.latency() if self.latency else 0.0
+        await trio.sleep(latency / 2)  # an interruption may come before or after storing
         bad = [
             {"index": i, "field": "ts", "message": self.reject[item["idempotencyKey"]]}
             for i, item in enumerate(items)
@@ -58,11 +114,23 @@ class FakeApi:
         self.stored.update((i["idempotencyKey"], i) for i in new)
         if len(self.posts) == self.crash_at:
             raise Crash
+        await trio.sleep(latency / 2)
         return {"accepted": len(new), "duplicates": len(items) - len(new)}
 
     @property
     def posted_items(self) -> list[dict]:
         return [item for _, items in self.posts for item in items]
+
+    def stored_lines(self) -> set[int]:
+        return {line_of(item) for item in list(self.stored.values())}
+
+
+def line_of(item: dict) -> int:
+    """The file line of a derived key (`stem:line:crc`), or of `trade-N` (write_csv's ids)."""
+    key = item["idempotencyKey"]
+    if key.startswith("trade-"):
+        return int(key.removeprefix("trade-")) + 2
+    return int(key.split(":")[1]) if ":" in key else 0
 
 
 def copy(name: str, tmp_path: Path) -> Path:
@@ -160,6 +228,31 @@ async def test_bad_rows_are_skipped_with_their_line_numbers(tmp_path: Path) -> N
     ]
 
 
+async def test_quoted_fields_and_stray_carriage_returns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(
+        b"symbol,ts,price,volume,id\n"
+        b'"BTCUSDT","1730425200","1,5",1,a\n'  # the quotes make "1,5" one (bad) price
+        b'BTCUSDT,"1730425201",2,1,b\n'
+        b"BTCUSDT,17304\r25202,3,1,c\n"  # a carriage return inside a line costs only it
+        b'BTCUSDT,"17304\r25203",4,1,d\n'
+        b'BTCUSDT,1730425204,5,1,e"\r"\n'
+        b"BTCUSDT,1730425205,6,1,f\r\n"
+    )
+    api = FakeApi()
+    report = await replay_csv(path, api)
+    assert [(r.line, r.message.split(":")[0]) for r in report.errors] == [
+        (2, "price '1,5'"),
+        (4, "ts '17304\\r25202'"),
+        (5, "ts '17304\\r25203'"),
+        (6, "not CSV"),
+    ]
+    assert [(i["idempotencyKey"], i["ts"]) for i in api.posted_items] == [
+        ("b", 1730425201.0),
+        ("f", 1730425205.0),
+    ]
+
+
 async def test_on_error_stop_ends_at_the_first_bad_row(tmp_path: Path) -> None:
     api = FakeApi()
     path = copy("feeder_bad_rows.csv", tmp_path)
@@ -218,7 +311,7 @@ async def test_interrupted_and_resumed_posts_every_row_exactly_once(
         api.crash_at = len(api.posts) + rng.randint(1, batches) if interruptions < 3 else None
         api.crash_after_storing = rng.random() < 0.5
         try:
-            report = await replay_csv(path, api, batch_size=batch_size)
+            report = await replay_csv(path, api, batch_size=batch_size, concurrency=1)
         except Crash:
             interruptions += 1
             continue
@@ -422,3 +515,228 @@ async def test_the_shipped_sample_replays_cleanly(tmp_path: Path) -> None:
     assert report.complete and report.bad_rows == 0 and report.out_of_order == 0
     assert report.posted == len(api.stored) > 1000
     assert {i["symbol"] for i in api.posted_items} == {"BTCUSDT", "ETHUSDT"}
+
+
+# --- several batches in flight ------------------------------------------------------------
+
+
+class CheckpointWatch:
+    """Every checkpoint write, checked before it lands: each row up to its line is stored."""
+
+    def __init__(self) -> None:
+        self.api: FakeApi | None = None
+        self.not_stored: set[int] = set()  # lines that are bad rows
+        self.lines: list[int] = []
+
+    def check(self, checkpoint: Checkpoint) -> None:
+        assert self.api is not None
+        wanted = set(range(2, checkpoint.line + 1)) - self.not_stored
+        missing = sorted(wanted - self.api.stored_lines())
+        assert not missing, f"checkpoint at line {checkpoint.line}; not stored: {missing[:5]}"
+        self.lines.append(checkpoint.line)
+
+
+@pytest.fixture
+def watch(monkeypatch: pytest.MonkeyPatch) -> CheckpointWatch:
+    watch = CheckpointWatch()
+    save = replay._save_checkpoint
+
+    def checked(path: Path, checkpoint: Checkpoint) -> None:
+        watch.check(checkpoint)
+        save(path, checkpoint)
+
+    monkeypatch.setattr(replay, "_save_checkpoint", checked)
+    return watch
+
+
+def last_first(batches: int, group: int) -> list[int]:
+    """Answer order: in each group of batches, the last one first, then the rest in order."""
+    order = []
+    for start in range(0, batches, group):
+        members = list(range(start, min(start + group, batches)))
+        order += [members[-1], *members[:-1]]
+    return order
+
+
+async def test_several_batches_are_in_flight_at_once(tmp_path: Path, watch) -> None:
+    path = write_csv(tmp_path / "t.csv", 64)
+    api = watch.api = FakeApi(batch_size=4)
+    # The api answers each group of four batches last first: it can only do so once all four
+    # were sent before the first was answered.
+    api.answer_order = last_first(16, 4)
+    with trio.fail_after(10):
+        report = await replay_csv(path, api, batch_size=4, concurrency=4)
+    assert report.complete and report.posted == 64 and len(api.stored) == 64
+    assert api.max_in_flight == 4
+    assert [line for _, line in api.arrived] == list(range(2, 66, 4))  # sent in file order
+
+
+async def test_reading_waits_while_the_first_unanswered_batch_holds_the_window(
+    tmp_path: Path,
+) -> None:
+    path = write_csv(tmp_path / "t.csv", 100)
+    api = FakeApi(batch_size=5)
+    api.held = {0}
+    cp = tmp_path / "t.csv.checkpoint.json"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(replay_csv, path, api, batch_size=5, concurrency=3))
+        with trio.fail_after(10):
+            while len(api.arrived) < 3 or api.in_flight > 1:
+                await api.changed.wait()
+        await trio.sleep(0.2)  # time enough to read and send more, if it could
+        # Batches 1 and 2 are answered, yet no fourth is sent while batch 0 is not, and the
+        # checkpoint is not written past it.
+        assert (len(api.arrived), api.in_flight, await trio.Path(cp).exists()) == (3, 1, False)
+        api.release.set()
+    assert len(api.stored) == 100
+
+
+async def test_the_checkpoint_waits_for_a_batch_answered_after_later_ones(
+    tmp_path: Path, watch
+) -> None:
+    path = write_csv(tmp_path / "t.csv", 32)
+    api = watch.api = FakeApi(batch_size=4)
+    api.answer_order = [1, 2, 3, 0, 5, 6, 7, 4]
+    events: list[str] = []
+    post = api.post_ticks
+
+    async def logged(source: str, items: list[dict]) -> dict:
+        batch = (line_of(items[0]) - 2) // 4
+        events.append(f"sent {batch}")
+        answer = await post(source, items)
+        events.append(f"answered {batch}")
+        return answer
+
+    api.post_ticks = logged  # type: ignore[method-assign]
+    with trio.fail_after(10):
+        report = await replay_csv(path, api, batch_size=4, concurrency=4)
+    assert report.complete and len(api.stored) == 32
+    # Nothing is written while batch 0 is unanswered; then the checkpoint jumps past the
+    # three answered before it, and again once batch 4 is.
+    assert watch.lines == [17, 33]
+    # The window: batch 4 is read and sent only once batch 0 is answered.
+    assert events.index("sent 4") > events.index("answered 0")
+
+
+async def test_a_batch_that_fails_ends_the_run_before_it(tmp_path: Path, watch) -> None:
+    path = write_csv(tmp_path / "t.csv", 40)  # 10 batches of 4
+    api = watch.api = FakeApi(batch_size=4)
+    # With batches 0-4 sent, 4 and 1 are answered, 2 fails, 0 is answered; 3 still waits.
+    api.answer_order = [4, 1, 2, 0, 3]
+    api.unreachable = {2}
+    with trio.fail_after(10), pytest.raises(ReplayError, match="resume after line 9"):
+        await replay_csv(path, api, batch_size=4, concurrency=5)
+    # Batch 0 was awaited, batch 3 cancelled, nothing after 4 sent; batch 4 is stored but
+    # the checkpoint is not past it.
+    assert api.stored_lines() == {*range(2, 10), *range(18, 22)}
+    assert [line for _, line in api.arrived] == [2, 6, 10, 14, 18]
+    assert watch.lines[-1] == 9
+    api.answer_order, api.unreachable = [], set()
+    report = await replay_csv(path, api, batch_size=4, concurrency=5)
+    assert report.complete and report.resumed_from_line == 9
+    assert report.posted == 32 and report.duplicates == 4
+    assert len(api.stored) == 40
+
+
+async def test_a_stop_is_at_the_first_rejected_row_in_file_order_though_later_rows_are_stored(
+    tmp_path: Path, watch
+) -> None:
+    path = write_csv(tmp_path / "t.csv", 16, with_id=True)  # trade-N on line N + 2
+    api = watch.api = FakeApi(batch_size=4)
+    api.reject = {"trade-6": "too far in the future", "trade-9": "too far in the future"}
+    # Batches 3 and 2 are answered (2 with a 422) before batch 1's 422 and batch 0.
+    api.answer_order = [3, 2, 1, 0]
+    watch.not_stored = {8, 11}
+    with trio.fail_after(10):
+        report = await replay_csv(path, api, batch_size=4, concurrency=4, on_error="stop")
+    rejected = "rejected by the api: ts: too far in the future"
+    assert report.stopped_at == BadRow(8, rejected)
+    assert report.errors == [BadRow(8, rejected), BadRow(11, rejected)]
+    assert report.last_line == 7  # just before the first bad row
+    # Rows past the stop were posted before it was known: stored, and counted as such.
+    assert sorted(api.stored_lines()) == [2, 3, 4, 5, 6, 7, 10, 14, 15, 16, 17]
+    assert report.posted == 11 and report.posted_past_stop == 5
+    # Resumed once the api takes them: the rest is stored, the rows past the stop again.
+    api.reject, api.answer_order = {}, []
+    resumed = await replay_csv(path, api, batch_size=4, concurrency=4, on_error="stop")
+    assert resumed.complete and resumed.resumed_from_line == 7
+    assert resumed.duplicates == report.posted_past_stop
+    assert len(api.stored) == 16
+
+
+async def test_a_bad_line_stops_the_run_once_the_batches_before_it_are_answered(
+    tmp_path: Path, watch
+) -> None:
+    path = tmp_path / "t.csv"
+    good = [f"BTCUSDT,{T0 + n},1,1\n" for n in range(15)]
+    path.write_text("symbol,ts,price,volume\n" + "".join(good[:10]) + "oops\n" + "".join(good[10:]))
+    api = watch.api = FakeApi(batch_size=4)
+    api.answer_order = [2, 1, 0]  # batch 2: the two rows before the bad line
+    with trio.fail_after(10):
+        report = await replay_csv(path, api, batch_size=4, concurrency=4, on_error="stop")
+    assert report.stopped_at is not None and report.stopped_at.line == 12
+    assert report.last_line == 11 and report.posted == 10 and report.posted_past_stop == 0
+    assert api.stored_lines() == set(range(2, 12))
+
+
+async def test_a_paced_replay_keeps_its_timing_while_the_api_answers_late(
+    tmp_path: Path, autojump_clock
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "symbol,ts,price,volume\n" + "".join(f"BTCUSDT,{T0 + s},1,1\n" for s in range(12))
+    )
+    api = FakeApi(batch_size=1)
+    api.answer_order = last_first(12, 4)  # each row answered only once three more were sent
+    start = trio.current_time()
+    report = await replay_csv(path, api, speed=1, batch_size=1, concurrency=4)
+    assert report.complete and len(api.stored) == 12
+    assert [round(t - start, 6) for t, _ in api.arrived] == list(range(12))
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_interrupted_concurrent_replays_store_every_row_once(
+    tmp_path: Path, autojump_clock, watch, seed: int
+) -> None:
+    rng = random.Random(seed)
+    rows = rng.randint(50, 400)
+    batch_size = rng.choice([1, 7, 50])
+    concurrency = rng.choice([2, 4, 8])
+    path = write_csv(tmp_path / "trades.csv", rows, seed=seed)
+    api = watch.api = FakeApi()
+    api.latency = lambda: rng.uniform(0.01, 0.2)  # batches answered in any order
+    interruptions = 0
+    while True:
+        batches = -(-rows // batch_size)
+        api.crash_at = None
+        cancel_after = math.inf
+        if interruptions < 4:
+            if rng.random() < 0.5:
+                api.crash_at = len(api.posts) + rng.randint(1, batches)
+                api.crash_after_storing = rng.random() < 0.5
+            else:
+                cancel_after = rng.uniform(0.01, 0.1 * batches / concurrency)
+        try:
+            with trio.move_on_after(cancel_after) as scope:
+                report = await replay_csv(path, api, batch_size=batch_size, concurrency=concurrency)
+        except Crash:
+            interruptions += 1
+            continue
+        if scope.cancelled_caught:
+            interruptions += 1
+            continue
+        break
+    assert report.complete
+    assert api.stored_lines() == set(range(2, rows + 2)) and len(api.stored) == rows
+    assert api.max_in_flight <= concurrency
+    # Only the batches in flight at an interruption were posted twice.
+    resent = len(api.posted_items) - rows
+    assert 0 <= resent <= interruptions * concurrency * batch_size
+    assert watch.lines and watch.lines[-1] == rows + 1
+
+
+def test_the_command_defaults_to_the_measured_concurrency() -> None:
+    from tickhub.cli import replay as command
+
+    (option,) = [p for p in command.params if p.name == "concurrency"]
+    assert option.default == replay.DEFAULT_CONCURRENCY

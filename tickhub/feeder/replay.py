@@ -16,16 +16,39 @@ Pacing: with `speed` s, a row is posted (ts - ts0) / s seconds after the first r
 `speed=None` posts as fast as the api acknowledges. A batch holds at most `batch_size` rows and
 no row waits more than `flush_ms` for its batch.
 
+Several batches in flight: up to `concurrency` batches are posted at once, counted from the
+first one not yet acknowledged, while the next is read; reading waits for room, so at most that
+many batches are held and posted again after an interruption. Batches in flight together may
+reach the api in any order, which changes nothing stored (candles do not depend on arrival
+order). It is what makes `speed=None` as fast as the api; a paced replay keeps its timing
+either way, and is spared waiting on a slow answer.
+
 Exactly once: a tick's idempotency key is its `id` column, or else `{file stem}:{line}:{crc32
 of the line}` with the line number zero-padded to ten digits, so a resumed replay re-posts the
 same keys and the api counts each once. The api breaks ties in `ts` by key, so the padding is
 what keeps same-timestamp trades in file order (unpadded, line 10 sorted before line 9 and a
-candle's open or close came from the wrong trade). After
-every acknowledged batch the checkpoint `{file, size, mtime, offset, line}` is written
-atomically (temporary file, fsync, rename); a later run resumes after `line`. A batch that was
-in flight when a run was interrupted is posted again, as duplicates the api ignores. A
-checkpoint whose file has changed (size or mtime) is refused: delete it to start over.
-Inserting or deleting lines in a file without an `id` column re-keys the rows after the edit.
+candle's open or close came from the wrong trade). The checkpoint `{file, size, mtime, offset,
+line}` moves to the end of the longest run of batches, from the first, that are all
+acknowledged: a batch acknowledged before one sent earlier waits for it. It is written
+atomically (temporary file, fsync, rename) by one task as that run grows (moves made while a
+write is under way are written together next), and once more when the run ends, fails or is
+interrupted; a later run resumes after `line`. The batches that were in flight when a run was
+interrupted, or acknowledged past its last write, are posted again, as duplicates the api
+ignores. A checkpoint whose file has changed (size or mtime) is refused: delete it to start
+over. Inserting or deleting lines in a file without an `id` column re-keys the rows after the
+edit.
+
+The first thing to go wrong, in file order, decides how a run ends:
+- A batch the api cannot take (unreachable or unavailable through every retry, or a 4xx other
+  than a 422 naming items) raises ReplayError: the batches sent before it are awaited, those
+  after it cancelled (the api may have stored them: they are posted again on resume), and the
+  checkpoint is left before the first batch not acknowledged.
+- With `on_error='stop'`, a bad row, in the file or named by a 422, stops the run there, even
+  when batches after it were already posted: those finish, their rows are stored, counted in
+  `posted` and in `posted_past_stop`, and posted again by the resumed run, which the api counts
+  as duplicates. The checkpoint stays before the bad row. Bad rows met in those later batches
+  are reported too (`bad_rows`, `errors` keep file order), so a resumed run reports them again.
+
 A replay resumed from a checkpoint written with the unpadded keys goes on after its line as
 usual (the rows before it are not posted again), but the batch that was in flight when that
 run stopped is posted again under padded keys, which the api takes for new ticks: up to one
@@ -34,6 +57,7 @@ batch is stored twice. To stay exact, finish such a replay with the version that
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 import os
@@ -61,10 +85,23 @@ _MS_ABOVE = 1e11
 _KEEP_ERRORS = 100
 # Out-of-order rows logged one by one before the report's count has to do.
 _LOG_OUT_OF_ORDER = 10
+# Batches in flight at once by default. bench/replay.py against `run --role all` on one host
+# (docs/performance.md §3.6): 4 did as well as 1 or better in every round, 2 to 8 are within
+# the noise of one another, 16 is lower; 4 leaves room for an api a round trip away. More only
+# adds rows held, and posted again after a crash.
+DEFAULT_CONCURRENCY = 4
 
 
 class ReplayError(Exception):
     """The replay cannot start or go on (header, checkpoint, api); the checkpoint is intact."""
+
+
+class _Refused(Exception):
+    """The api refused a batch with a 4xx that names no item: retrying cannot fix it."""
+
+    def __init__(self, first_line: int, last_line: int, error: RejectedError) -> None:
+        super().__init__(f"lines {first_line}-{last_line}: {error}")
+        self.first_line, self.last_line, self.error = first_line, last_line, error
 
 
 @attrs.frozen
@@ -93,7 +130,8 @@ class Checkpoint:
 
 @attrs.define
 class ReplayReport:
-    """What a replay did. `stopped_at` is set when `on_error='stop'` ended it at a bad row."""
+    """What a replay did. `stopped_at` is set when `on_error='stop'` ended it at a bad row;
+    `posted_past_stop` of the rows posted lie after it (stored; posted again on resume)."""
 
     path: str
     source: str
@@ -108,6 +146,7 @@ class ReplayReport:
     out_of_order: int = 0
     last_line: int = 1  # the last line the checkpoint covers
     stopped_at: BadRow | None = None
+    posted_past_stop: int = 0
     complete: bool = False
 
 
@@ -212,7 +251,13 @@ class _Reader:
             return BadRow(self.line, "not UTF-8", self.offset)
         if not text.strip():
             return None
-        fields = next(csv.reader([text]))
+        if '"' not in text:  # most lines: a split reads them as csv does, at a third of the cost
+            fields = text.rstrip("\r\n").split(",")
+        else:
+            try:
+                fields = next(csv.reader([text]))
+            except csv.Error as exc:  # e.g. a lone carriage return inside the line
+                return BadRow(self.line, f"not CSV: {exc}", self.offset)
         if len(fields) < self._width:
             return BadRow(
                 self.line, f"expected {self._width} columns, got {len(fields)}", self.offset
@@ -323,6 +368,81 @@ class _Progress:
         self.last_at, self.last_posted = now, report.posted
 
 
+Position = tuple[int, int]  # (byte offset, line) just after a line
+
+
+@attrs.define
+class _Window:
+    """The batches of a run, numbered in file order: which may be sent, how far the
+    checkpoint may move, and what ended the run.
+
+    `position` is the end of the longest run of acknowledged batches from the first; a batch
+    acknowledged before its predecessors waits in `early`. The first batch in file order that
+    ends the run (a stop at a bad row, or a failure) caps that run: nothing after it moves the
+    checkpoint. Batches sent and not yet in the run are open; at most `size` are, which bounds
+    the rows held and the rows posted again after an interruption.
+    """
+
+    size: int
+    position: Position
+    sent: int = 0
+    done: int = 0  # batches 0 .. done-1 are acknowledged: the checkpoint may cover them
+    # Acknowledged before a predecessor: seq -> (where the checkpoint may go, rows posted).
+    early: dict[int, tuple[Position | None, int]] = attrs.Factory(dict)
+    ending: tuple[int, BadRow | Exception] | None = None
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def ended(self) -> bool:
+        return self.ending is not None
+
+    def open(self) -> int:
+        self.sent += 1
+        return self.sent - 1
+
+    def acknowledge(
+        self, seq: int, end: Position | None, rows: int, stop: BadRow | None = None
+    ) -> None:
+        """Batch `seq` is answered: the checkpoint may go to `end` (None: it may not move
+        past the batch before) once every earlier batch is; `stop` ends the run at it."""
+        if stop is not None:
+            self.end_at(seq, stop)
+        self.early[seq] = (end, rows)
+        while self.done in self.early and not self._past_end(self.done):
+            end, _ = self.early.pop(self.done)
+            if end is not None:
+                self.position = end
+            self.done += 1
+        self._notify()
+
+    def end_at(self, seq: int, why: BadRow | Exception) -> None:
+        """The run ends at batch `seq` (for a failure, before it), unless it ended earlier."""
+        if self.ending is None or seq < self.ending[0]:
+            self.ending = (seq, why)
+        self._notify()
+
+    def rows_past_end(self) -> int:
+        """Rows acknowledged in batches after the one that ended the run."""
+        return sum(rows for seq, (_, rows) in self.early.items() if self._past_end(seq))
+
+    async def wait_room(self) -> None:
+        """Until a batch may be sent (fewer than `size` open) or the run has ended."""
+        while self.sent - self.done >= self.size and not self.ended:
+            await self._changed.wait()
+
+    async def wait_moved(self, line: int) -> None:
+        """Until the checkpoint may go past `line`."""
+        while self.position[1] <= line:
+            await self._changed.wait()
+
+    def _past_end(self, seq: int) -> bool:
+        return self.ending is not None and seq > self.ending[0]
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
 @attrs.define
 class _Replay:
     path: Path
@@ -338,38 +458,58 @@ class _Replay:
     reader: _Reader
     stat: os.stat_result
     progress: _Progress
+    window: _Window
     pending: list[Row] = attrs.Factory(list)
     flush_at: float = math.inf
-    # (offset, line) just after the last row taken from the file (posted or skipped).
-    consumed: tuple[int, int] = (0, 1)
+    # Just after the last row taken from the file (posted or skipped).
+    consumed: Position = (0, 1)
     last_ts: float = -math.inf
     t0: float | None = None
     ts0: float = 0.0
+    # The batches being posted, by seq, so a failure can cancel those after it.
+    sending: dict[int, trio.CancelScope] = attrs.Factory(dict)
+    senders: trio.Nursery | None = None
 
     async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_checkpoint)
+                async with trio.open_nursery() as senders:
+                    self.senders = senders
+                    try:
+                        await self._read()
+                    except Exception as exc:  # a read error ends the run after what was sent
+                        self._fail(self.window.sent, exc)
+                nursery.cancel_scope.cancel()
+        finally:
+            # Interrupted or not, the checkpoint ends where the acknowledged batches do. One
+            # small write, done in place: a thread could be cancelled and go on writing.
+            if self.window.position[1] > self.report.last_line:
+                _save_checkpoint(self.checkpoint_path, self._checkpoint(self.window.position))
+                self.report.last_line = self.window.position[1]
+        self._conclude()
+
+    async def _read(self) -> None:
         self.consumed = (self.reader.offset, self.reader.line)
         while entries := await trio.to_thread.run_sync(self.reader.read, self.batch_size):
             for entry in entries:
                 if isinstance(entry, BadRow):
+                    self._bad(entry)
                     if self.on_error == "stop":
                         await self._flush()
-                        if self.report.stopped_at is None:
-                            self._bad(entry)
-                            self.report.stopped_at = entry
+                        self.window.end_at(self.window.sent, entry)  # after every batch sent
                         return
-                    self._bad(entry)
                 elif self.start_ts is not None and entry.ts < self.start_ts:
                     self.report.skipped_before_start += 1
                 else:
                     await self._take(entry)
-                    if self.report.stopped_at is not None:
-                        return
+                if self.window.ended:
+                    return
                 self.consumed = (entry.end, entry.line)
         # Trailing skipped or blank lines are covered too, so a finished replay's checkpoint
         # is at the end of the file and a rerun posts nothing.
         self.consumed = (self.reader.offset, self.reader.line)
         await self._flush()
-        self.report.complete = self.report.stopped_at is None
 
     async def _take(self, row: Row) -> None:
         if row.ts < self.last_ts:
@@ -386,7 +526,7 @@ class _Replay:
             if self.pending and due > self.flush_at:
                 await trio.sleep_until(self.flush_at)
                 await self._flush()
-                if self.report.stopped_at is not None:
+                if self.window.ended:
                     return
             await trio.sleep_until(due)
         if not self.pending:
@@ -398,55 +538,126 @@ class _Replay:
 
     def _bad(self, row: BadRow) -> None:
         self.report.bad_rows += 1
-        if len(self.report.errors) < _KEEP_ERRORS:
-            self.report.errors.append(row)
+        errors = self.report.errors
+        # Batches answer in any order: keep the first _KEEP_ERRORS in file order.
+        bisect.insort(errors, row, key=lambda r: r.line)
+        del errors[_KEEP_ERRORS:]
         log.warning("replay.bad_row", path=str(self.path), line=row.line, error=row.message)
 
     async def _flush(self) -> None:
-        batch, self.pending, self.flush_at = self.pending, [], math.inf
-        position: tuple[int, int] | None = self.consumed
+        """Hand the pending rows, and the checkpoint just after them, to a batch of their own
+        (without rows, it only moves the checkpoint past skipped lines, in its turn)."""
+        rows, self.pending, self.flush_at = self.pending, [], math.inf
+        await self.window.wait_room()
+        if self.window.ended:
+            return
+        seq = self.window.open()
+        if rows:
+            assert self.senders is not None
+            self.senders.start_soon(self._send, seq, rows, self.consumed)
+        else:
+            self.window.acknowledge(seq, self.consumed, 0)
+
+    async def _send(self, seq: int, batch: list[Row], end: Position) -> None:
+        with trio.CancelScope() as scope:
+            self.sending[seq] = scope
+            try:
+                posted, position, stop = await self._post(batch, end)
+            except Exception as exc:  # the first failure in file order ends the run there
+                self._fail(seq, exc)
+            else:
+                self.window.acknowledge(seq, position, posted, stop)
+                self.progress.maybe_log(self.report, self.consumed[0])
+            finally:
+                del self.sending[seq]
+
+    async def _post(
+        self, batch: list[Row], end: Position
+    ) -> tuple[int, Position | None, BadRow | None]:
+        """Post a batch until the api takes it, without the rows a 422 names: the rows
+        posted, where the checkpoint may go after them and, with `on_error='stop'`, the row
+        the run stops at."""
+        position: Position | None = end
+        stop: BadRow | None = None
         while batch:
             try:
                 answer = await self.client.post_ticks(self.report.source, [r.item for r in batch])
-            except DeliveryError as exc:
-                raise ReplayError(
-                    f"{exc}; run again to resume after line {self.report.last_line}"
-                ) from exc
             except RejectedError as exc:
-                batch, position = self._without_rejected(batch, exc, position)
+                batch, position, stop = self._without_rejected(batch, exc, position, stop)
                 continue
             self.report.posted += len(batch)
             self.report.accepted += int(answer.get("accepted", 0))
             self.report.duplicates += int(answer.get("duplicates", 0))
             break
-        if position is not None and position[1] > self.report.last_line:
-            await self._save(position)
-        self.progress.maybe_log(self.report, self.consumed[0])
+        return len(batch), position, stop
 
     def _without_rejected(
-        self, batch: list[Row], exc: RejectedError, position: tuple[int, int] | None
-    ) -> tuple[list[Row], tuple[int, int] | None]:
-        """The rows to post again after a 422 naming bad items, and the checkpoint then."""
+        self,
+        batch: list[Row],
+        exc: RejectedError,
+        position: Position | None,
+        stop: BadRow | None,
+    ) -> tuple[list[Row], Position | None, BadRow | None]:
+        """The rows to post again after a 422 naming bad items, the checkpoint then, and the
+        row the run stops at."""
         bad = {i: m for i, m in exc.item_errors().items() if 0 <= i < len(batch)}
         if exc.status != 422 or not bad:
-            raise ReplayError(
-                f"the api rejected lines {batch[0].line}-{batch[-1].line} ({exc});"
-                f" the checkpoint is at line {self.report.last_line}"
-            ) from exc
+            raise _Refused(batch[0].line, batch[-1].line, exc)
         for i, message in sorted(bad.items()):
             self._bad(BadRow(batch[i].line, f"rejected by the api: {message}"))
         if self.on_error == "skip":
-            return [r for i, r in enumerate(batch) if i not in bad], position
+            return [r for i, r in enumerate(batch) if i not in bad], position, stop
         first = min(bad)
-        self.report.stopped_at = BadRow(batch[first].line, f"rejected by the api: {bad[first]}")
         keep = batch[:first]
-        return keep, ((keep[-1].end, keep[-1].line) if keep else None)
+        position = (keep[-1].end, keep[-1].line) if keep else None
+        return keep, position, BadRow(batch[first].line, f"rejected by the api: {bad[first]}")
 
-    async def _save(self, position: tuple[int, int]) -> None:
-        offset, line = position
-        checkpoint = Checkpoint(self.file, self.stat.st_size, self.stat.st_mtime, offset, line)
+    def _fail(self, seq: int, exc: Exception) -> None:
+        """Batch `seq` failed: nothing after it may move the checkpoint, so the batches after
+        it stop waiting; those before it go on (they may still move it)."""
+        self.window.end_at(seq, exc)
+        for later, scope in self.sending.items():
+            if later > seq:
+                scope.cancel()
+
+    async def _keep_checkpoint(self) -> None:
+        """Write the checkpoint whenever the acknowledged batches reach further."""
+        while True:
+            await self.window.wait_moved(self.report.last_line)
+            try:
+                await self._save(self.window.position)
+            except Exception as exc:  # the run cannot record its progress: end it here
+                self._fail(self.window.done, exc)
+                return
+
+    async def _save(self, position: Position) -> None:
+        checkpoint = self._checkpoint(position)
         await trio.to_thread.run_sync(_save_checkpoint, self.checkpoint_path, checkpoint)
-        self.report.last_line = line
+        self.report.last_line = checkpoint.line
+
+    def _checkpoint(self, position: Position) -> Checkpoint:
+        offset, line = position
+        return Checkpoint(self.file, self.stat.st_size, self.stat.st_mtime, offset, line)
+
+    def _conclude(self) -> None:
+        if self.window.ending is None:
+            self.report.complete = True
+            return
+        _, why = self.window.ending
+        if isinstance(why, BadRow):
+            self.report.stopped_at = why
+            self.report.posted_past_stop = self.window.rows_past_end()
+            return
+        if isinstance(why, DeliveryError):
+            raise ReplayError(
+                f"{why}; run again to resume after line {self.report.last_line}"
+            ) from why
+        if isinstance(why, _Refused):
+            raise ReplayError(
+                f"the api rejected lines {why.first_line}-{why.last_line} ({why.error});"
+                f" the checkpoint is at line {self.report.last_line}"
+            ) from why.error
+        raise why
 
 
 def default_checkpoint_path(path: Path) -> Path:
@@ -465,12 +676,14 @@ async def replay_csv(
     source: str | None = None,
     batch_size: int = 500,
     flush_ms: int = 500,
+    concurrency: int = DEFAULT_CONCURRENCY,
     progress_every_s: float = 5.0,
 ) -> ReplayReport:
     """Post the ticks of a CSV file through `client`; see the module docstring.
 
     `speed` None replays as fast as the api acknowledges; `start_ts` skips earlier rows;
-    `source` defaults to `replay:<file stem>`. Raises ReplayError when it cannot go on (the
+    `source` defaults to `replay:<file stem>`; `concurrency` batches may be in flight at
+    once. Raises ReplayError when it cannot go on (the
     checkpoint then says where to resume); a bad row with `on_error='stop'` returns a report
     with `stopped_at` set.
     """
@@ -478,6 +691,8 @@ async def replay_csv(
         raise ValueError(f"speed {speed!r}: expected a factor above 0, or None for max")
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error {on_error!r}: expected 'skip' or 'stop'")
+    if concurrency < 1:
+        raise ValueError(f"concurrency {concurrency!r}: expected at least 1")
     csv_path = Path(path)
     cp_path = Path(checkpoint_path) if checkpoint_path else default_checkpoint_path(csv_path)
     opened = await trio.to_thread.run_sync(_open, csv_path, cp_path)
@@ -510,6 +725,7 @@ async def replay_csv(
             reader=opened.reader,
             stat=opened.stat,
             progress=_Progress(progress_every_s, opened.stat.st_size, opened.reader.offset),
+            window=_Window(concurrency, (opened.reader.offset, opened.reader.line)),
         ).run()
     finally:
         opened.reader.close()
@@ -520,6 +736,7 @@ async def replay_csv(
         accepted=report.accepted,
         duplicates=report.duplicates,
         bad_rows=report.bad_rows,
+        posted_past_stop=report.posted_past_stop,
         last_line=report.last_line,
         complete=report.complete,
     )
