@@ -63,8 +63,12 @@ bench: $(VENV)/.dev ui
 	$(BIN)/python -m bench.flush_sql --what-if
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.fanout --mode split --clients 1000,2000 --rate 20 --floor-clients 0
+	$(BIN)/python -m bench.fanout --mode split --conflate 250 --symbols 100 --client-symbols 1 \
+		--clients 1000,5000,10000 --rate 1000 --batch 100 --seconds 10 --floor-clients 0 --p99-limit-ms 250
 	$(BIN)/python -m bench.profile
-	@cat bench/results/results.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md
+	$(BIN)/python -m bench.replay --concurrency 4
+	@cat bench/results/results.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md bench/results/replay.md
 
 # Ten minutes of ingest and SSE clients coming and going; RSS and fds over time.
 soak: $(VENV)/.dev
