@@ -170,7 +170,8 @@ async def test_retention_drops_old_days_and_keeps_today_and_the_candles(tickhub,
         "UPDATE ticks_raw SET received_at = received_at - interval '10 days' WHERE symbol = 'OLD'"
     )
     candles = await db.fetch("SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start")
-    sweeper = RetentionSweeper(TickRetention(db), 7, ActorHealth("retention", True), batch=1)
+    health = ActorHealth("retention", True)
+    sweeper = RetentionSweeper(TickRetention(db), 7, health, batch=2, pause_s=0)
     dropped = await sweeper.sweep()
     assert name("ticks_history", old) in dropped["ticks_history"]
     assert name("ticks_raw", old) in dropped["ticks_raw"]
