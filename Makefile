@@ -68,7 +68,8 @@ bench: $(VENV)/.dev ui
 		--clients 1000,5000,10000 --rate 1000 --batch 100 --seconds 10 --floor-clients 0 --p99-limit-ms 250
 	$(BIN)/python -m bench.profile
 	$(BIN)/python -m bench.replay --concurrency 4
-	@cat bench/results/results.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md bench/results/replay.md
+	$(BIN)/python -m bench.retention
+	@cat bench/results/results.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md bench/results/replay.md bench/results/retention.md
 
 # Ten minutes of ingest and SSE clients coming and going; RSS and fds over time.
 soak: $(VENV)/.dev

@@ -32,6 +32,7 @@ import trio
 from tickhub import metrics
 from tickhub.actors.hub import Hub, HubPublisher, NullPublisher
 from tickhub.actors.ingest import Ingest, LocalIngest, StreamIngest
+from tickhub.actors.partitions import PartitionKeeper
 from tickhub.actors.pipeline import Admission, Pipeline
 from tickhub.actors.relay import RedisPublisher, StreamConsumer, StreamKeeper, UpdatesRelay
 from tickhub.actors.retention import RetentionSweeper
@@ -284,9 +285,15 @@ class _Process:
             publisher = HubPublisher(self.hub)
         else:
             publisher = NullPublisher()
+        store = TickStore(db, settings.raw_audit)
+        # Wherever the writer runs: the days ahead made before their ticks come, and known
+        # to the store from then on (one set of days for both).
+        await self.supervisor.start(
+            "partitions", lambda h: PartitionKeeper(store.partitions, h), restart=True
+        )
         self.pipeline = Pipeline(
             self.supervisor,
-            TickStore(db, settings.raw_audit),
+            store,
             publisher,
             batch_max=settings.batch_max,
             flush_s=settings.batch_flush_ms / 1000,

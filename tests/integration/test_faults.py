@@ -1,7 +1,7 @@
 """Faults with real servers: a crash loop ends the process (non-zero, for the platform to
 restart) instead of spinning; SIGTERM during a burst drains and loses nothing acknowledged;
-a full pipeline pushes back with 503 and stores nothing of what it refused; retention
-deletes old ticks and keeps the candles."""
+a full pipeline pushes back with 503 and stores nothing of what it refused. (Retention, by
+day partitions, is in test_partitions.)"""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ import trio
 from tests.conftest import API_KEY, make_settings, start_tickhub
 from tests.consistency import differences
 from tests.integration.test_pipeline import ticks
-from tickhub.actors.retention import RetentionSweeper
-from tickhub.actors.supervisor import ActorHealth
-from tickhub.sql.retention import TickRetention
 
 
 def test_a_crash_loop_ends_the_process_with_a_failure(spawn, tmp_path):
@@ -103,24 +100,3 @@ async def test_a_full_pipeline_refuses_with_503_and_stores_nothing_of_it(db, pg_
     assert stored == accepted and not (stored & refused), (stored - accepted, accepted - stored)
     assert await differences(db) == []
     await server.shutdown()
-
-
-async def test_retention_deletes_old_ticks_and_keeps_candles(tickhub, db):
-    await tickhub.post_ticks(ticks("OLD", 20, start=int(time.time()) - 3600))
-    await tickhub.post_ticks(ticks("NEW", 20, start=int(time.time()) - 60))
-    await db.execute(
-        "UPDATE ticks_history SET received_at = now() - interval '10 days' WHERE symbol = 'OLD'"
-    )
-    await db.execute(
-        "UPDATE ticks_raw SET received_at = now() - interval '10 days' WHERE symbol = 'OLD'"
-    )
-    candles = await db.fetch("SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start")
-    sweeper = RetentionSweeper(
-        TickRetention(db), 7, ActorHealth("retention", True), batch=7, pause_s=0
-    )
-    deleted = await sweeper.sweep()
-    assert deleted == {"ticks_raw": 20, "ticks_history": 20}  # in batches of 7
-    left = await db.fetch("SELECT DISTINCT symbol FROM ticks_history")
-    assert [r[0] for r in left] == ["NEW"]
-    assert await db.fetch("SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start") == candles
-    assert await sweeper.sweep() == {"ticks_raw": 0, "ticks_history": 0}

@@ -1,7 +1,8 @@
-"""The retention sweeper: deletes raw and deduplicated ticks stored more than RETENTION_DAYS
-ago (candles and metrics are kept), in small batches with a pause between them so no delete
-holds locks for long or starves the writer. One sweeper at a time across all processes (an
-advisory lock); the others skip their turn.
+"""The retention sweeper: drops the days of raw ticks stored, and of deduplicated ticks
+timestamped, more than RETENTION_DAYS ago (whole day partitions; candles and metrics are
+kept), a few days per call with a pause between calls so no drop queues the writer for
+long. One sweeper at a time across all processes (an advisory lock); the others skip their
+turn.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ log = structlog.get_logger(actor="retention")
 
 
 class Sweepable(Protocol):
-    async def delete_batch(self, cutoff_s: float, batch: int) -> dict[str, int] | None: ...
+    async def drop_batch(self, cutoff_s: float, batch: int) -> dict[str, list[str]] | None: ...
 
 
 @attrs.define
@@ -30,7 +31,7 @@ class RetentionSweeper:
     days: float
     health: ActorHealth
     every_s: float = 3600.0
-    batch: int = 5000
+    batch: int = 8  # day partitions per table and call: each drop takes milliseconds
     pause_s: float = 0.2
     clock: Callable[[], float] = wall_s
 
@@ -38,24 +39,25 @@ class RetentionSweeper:
         task_status.started()
         while True:
             try:
-                totals = await self.sweep()
-                if any(totals.values()):
-                    log.info("old ticks deleted", **totals)
+                dropped = await self.sweep()
+                if any(dropped.values()):
+                    log.info("old ticks dropped", **dropped)
                 self.health.touch()
             except DatabaseUnavailable as exc:
                 log.warning("retention sweep skipped", error=str(exc))
             await trio.sleep(self.every_s)
 
-    async def sweep(self) -> dict[str, int]:
-        """Delete everything older than the cutoff, batch by batch; the rows deleted."""
+    async def sweep(self) -> dict[str, list[str]]:
+        """Drop every day wholly older than the cutoff, batch by batch; the partitions
+        dropped, per table."""
         cutoff = self.clock() - self.days * 86_400
-        totals: dict[str, int] = {}
+        totals: dict[str, list[str]] = {}
         while True:
-            deleted = await self.store.delete_batch(cutoff, self.batch)
-            if deleted is None:
+            dropped = await self.store.drop_batch(cutoff, self.batch)
+            if dropped is None:
                 return totals
-            for table, n in deleted.items():
-                totals[table] = totals.get(table, 0) + n
-            if max(deleted.values()) < self.batch:
+            for table, names in dropped.items():
+                totals.setdefault(table, []).extend(names)
+            if max(map(len, dropped.values()), default=0) < self.batch:
                 return totals
             await trio.sleep(self.pause_s)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from tickhub.messages import Expired, Rejected, StoredTick, TickColumns
 from tickhub.sql.db import DATA_FAULTS, CommitRefused, Database
 from tickhub.sql.guard import Guarded
+from tickhub.sql.partitions import DayPartitions, missed
 from tickhub.symbols import split_symbol
 
 # Exact microsecond arithmetic; float8 → numeric keeps 15 significant digits.
@@ -49,7 +50,7 @@ ins AS (
            source, {_TS.format(col="received_us")}
     FROM stage
     ORDER BY symbol, idem_key
-    ON CONFLICT (symbol, idem_key) DO NOTHING
+    ON CONFLICT (symbol, idem_key, ts) DO NOTHING
     RETURNING symbol, idem_key, ts, price, volume, source
 ), agg AS (
     SELECT symbol,
@@ -184,6 +185,7 @@ class TickStore:
         self.raw_audit = raw_audit
         self._sql = flush_statement(raw_audit)
         self._guarded = Guarded(db, self._sql)
+        self.partitions = DayPartitions(db)
 
     async def write(
         self, parts: Sequence[TickColumns], cutoff: float | None = None
@@ -191,12 +193,16 @@ class TickStore:
         """Commit the parts — only before `cutoff` (trio time), when one is given — and
         return the ticks new to the store."""
         args = flush_arguments(parts)
+        cached = await self.partitions.ensure(parts, self.raw_audit, cutoff)
         try:
             if cutoff is None:
                 rows = await self.db.fetch(self._sql, *args)
             else:
                 rows = await self._guarded.fetch(*args, cutoff=cutoff)
         except DATA_FAULTS as exc:
+            if cached and missed(exc):  # a known day dropped since (retention): make, retry
+                self.partitions.forget()
+                return await self.write(parts, cutoff)
             raise Rejected(f"{type(exc).__name__}: {exc}") from exc
         except CommitRefused:
             raise Expired("rolled back: its deadline passed before the commit") from None
