@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import trio
 
 from tests.conftest import psql
 from tests.consistency import differences
 from tests.integration.test_pipeline import ticks
-from tests.integration.test_plans import day_indexes, explain
+from tests.integration.test_plans import day_indexes, explain, nodes
 from tickhub.actors.partitions import PartitionKeeper
 from tickhub.actors.retention import RetentionSweeper
 from tickhub.actors.supervisor import ActorHealth
@@ -23,7 +24,7 @@ from tickhub.messages import TickColumns
 from tickhub.sql.db import open_database
 from tickhub.sql.migrate import migrate_down, migrate_up
 from tickhub.sql.partitions import DayPartitions, day_of
-from tickhub.sql.queries import LATEST_TICK, Queries
+from tickhub.sql.queries import LATEST_TICK, LATEST_TICK_SINCE, Queries
 from tickhub.sql.retention import TickRetention
 from tickhub.sql.store import TickStore
 
@@ -224,6 +225,46 @@ async def test_the_latest_tick_reads_the_newest_day_first(db):
     read = [n["Relation Name"] for n in scans]
     assert read == sorted(read, reverse=True), read  # newest day first: stops at the first hit
     assert name("ticks_history", JUNE_1 + 3 * DAY_S) in read
+
+
+async def _executed_plan(conn, sql: str, mode: str, *args: Any) -> list[dict[str, Any]]:
+    """The plan a prepared statement ran with under `plan_cache_mode = mode`: the nodes the
+    executor opened (a day pruned at start-up is not among them)."""
+    await conn.execute(f"SET plan_cache_mode = {mode}")
+    statement = await conn.prepare("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
+    try:
+        raw = await statement.fetchval(*args)
+    finally:
+        await conn.execute("RESET plan_cache_mode")
+    return nodes((orjson.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
+
+
+async def test_the_latest_tick_opens_only_the_days_from_the_newest_close(db):
+    """A year of empty days before the data: the bound from the newest candle leaves every
+    day before it out of the plan, custom or generic (pruned when the executor starts)."""
+    year = [day_of((JUNE_1 - d * DAY_S) * 1_000_000) for d in range(1, 366)]
+    await DayPartitions(db).create(year, [])
+    store = TickStore(db)
+    await store.write([part("S1", ["a", "b"], [JUNE_1 + DAY_S + 5, JUNE_1 + 2 * DAY_S + 7])])
+    await store.write([part("S1", ["c"], [JUNE_1 + 3 * DAY_S + 9])])
+    since = await db.fetchval("SELECT max(close_ts) FROM ohlc_1m WHERE symbol = 'S1'")
+    days = await partitions_of(db, "ticks_history")
+    later = {d for d in days if d >= name("ticks_history", JUNE_1 + 3 * DAY_S)}
+    assert len(days) - len(later) > 365
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        plan = await db.run(_executed_plan, LATEST_TICK_SINCE, mode, "S1", since)
+        opened = {n["Relation Name"] for n in plan if "Relation Name" in n}
+        assert opened and opened <= later, (mode, sorted(opened - later)[:5])
+    latest = await Queries(db).latest_tick("S1")
+    assert latest is not None and latest["ts"] == JUNE_1 + 3 * DAY_S + 9
+
+
+async def test_the_latest_tick_without_a_candle_reads_every_day(db):
+    """Rows written around the flush (no candle): found over every day all the same."""
+    await _filled(db)
+    latest = await Queries(db).latest_tick("S1")
+    newest = await db.fetchrow(LATEST_TICK, "S1")
+    assert latest is not None and latest == dict(newest)
 
 
 async def test_a_history_page_reads_only_its_days(db):
