@@ -90,11 +90,14 @@ def candles_sql(interval_s: int, limit: int, fill: bool) -> str:
     `limit` candles before `before`, oldest last, with VWAP and SMA10."""
     step = f"interval '{int(interval_s)} seconds'"  # from the INTERVALS whitelist
     if interval_s == 60:
+        # `before` on both tables: merged, metrics_1m would otherwise be read from its
+        # newest minute down to `before`, all of it for a page deep in the past.
         source = f"""
             SELECT o.bucket_start AS bucket, o.open, o.high, o.low, o.close, o.volume,
                    o.count, m.pv_sum
             FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
             WHERE o.symbol = $1 AND o.bucket_start < {_ts_expr("$2")}
+              AND m.symbol = $1 AND m.bucket_start < {_ts_expr("$2")}
             ORDER BY o.bucket_start DESC LIMIT $3
         """
     else:
