@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8080
 
-.PHONY: up test lint ui bench soak system-deps clean
+.PHONY: up test lint ui bench bench-growth soak system-deps clean
 
 # Runtime dependencies from the lock file (the Dockerfile installs the same file).
 $(VENV)/.runtime: requirements.lock pyproject.toml
@@ -70,6 +70,11 @@ bench: $(VENV)/.dev ui
 	$(BIN)/python -m bench.replay --concurrency 4
 	$(BIN)/python -m bench.retention
 	@cat bench/results/results.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md bench/results/replay.md bench/results/retention.md
+
+# Ingest and every read route on an empty database, then with ROWS ticks of history filled in
+# SQL (default 20 million, as issue 17 asks; ROWS=2000000 for a quick check): ~20 minutes.
+bench-growth: $(VENV)/.dev ui
+	$(BIN)/python -m bench.growth --rows $(or $(ROWS),20000000)
 
 # Ten minutes of ingest and SSE clients coming and going; RSS and fds over time.
 soak: $(VENV)/.dev

@@ -225,6 +225,23 @@ async def test_candle_pages_follow_next_cursor_without_gap_or_overlap(tickhub, d
     assert_candles(joined, expected_candles(data["BTCUSDT"], seconds), "BTCUSDT")
 
 
+@pytest.mark.parametrize(("interval", "seconds"), [("5m", 300), ("15m", 900)])
+async def test_coarse_candle_pages_over_sparse_minutes(tickhub, db, interval, seconds):
+    """A coarse page reads back only as many minutes as its buckets can hold (candles_sql's
+    lower bound): with runs of minutes and gaps between them, over far more minutes than a
+    page, the pages still join into exactly the candles of the ticks, SMA10 included."""
+    start = HOUR - 12 * 3600
+    ticks = [
+        {"symbol": "BTCUSDT", "price": 100 + m % 50, "ts": start + m * 60 + 1, "volume": 1}
+        for m in range(600)
+        if m % 23 < 7  # 7 minutes with a tick, then 16 without
+    ]
+    assert (await tickhub.post_ticks(ticks)).status_code == 202
+    pages = await all_pages(tickhub, "BTCUSDT", view="ohlc", interval=interval, limit=2)
+    joined = [c for page in reversed(pages) for c in page]
+    assert_candles(joined, expected_candles(ticks, seconds), "BTCUSDT")
+
+
 async def test_fill_adds_flat_zero_volume_candles_for_empty_minutes(tickhub, db):
     data = await seed(tickhub)
     for symbol, ticks in data.items():

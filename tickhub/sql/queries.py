@@ -43,14 +43,134 @@ def _ts_expr(us: str) -> str:
     return f"timestamptz 'epoch' + ({us})::int8 * interval '1 microsecond'"
 
 
+SYMBOLS = "SELECT symbol, base, quote, active FROM symbols WHERE active ORDER BY symbol"
+
+# ($1 symbol, $2 before µs, $3 limit): one range of the (symbol, ts DESC, idem_key DESC) index.
+HISTORY_PAGE = f"""
+SELECT (extract(epoch FROM ts) * 1000000)::int8 AS ts_us, price, volume
+FROM ticks_history
+WHERE symbol = $1 AND ts < {_ts_expr("$2")}
+ORDER BY ts DESC, idem_key DESC LIMIT $3
+"""
+
+# ($1 symbol, $2 ts µs): every tick of one microsecond, when they outnumber a page.
+HISTORY_TIES = f"""
+SELECT (extract(epoch FROM ts) * 1000000)::int8 AS ts_us, price, volume
+FROM ticks_history WHERE symbol = $1 AND ts = {_ts_expr("$2")}
+ORDER BY idem_key DESC
+"""
+
+SOURCE_STATS = """
+SELECT source, ticks, extract(epoch FROM last_ts)::float8 AS last_ts,
+       extract(epoch FROM last_ingest_at)::float8 AS last_ingest_at
+FROM source_stats ORDER BY source
+"""
+ACTIVE_SYMBOLS = "SELECT count(*) FROM symbols WHERE active"
+
+# ($1 symbol, $2 window seconds): the latest minute, then the minutes of its window.
+METRICS = f"""
+WITH latest AS (
+    SELECT date_bin($2 * interval '1 second', bucket_start, {ORIGIN}) AS w
+    FROM metrics_1m WHERE symbol = $1 ORDER BY bucket_start DESC LIMIT 1
+)
+SELECT extract(epoch FROM latest.w)::int8 AS "windowStart",
+       extract(epoch FROM latest.w + $2 * interval '1 second')::int8 AS "windowEnd",
+       sum(m.count)::int8 AS count,
+       (array_agg(o.open ORDER BY m.bucket_start))[1] AS open,
+       min(m.min) AS min, max(m.max) AS max,
+       sum(m.sum) / sum(m.count) AS avg,
+       CASE WHEN sum(m.volume) > 0 THEN sum(m.pv_sum) / sum(m.volume) END AS vwap,
+       sum(m.volume) AS volume,
+       (array_agg(m.last ORDER BY m.last_ts DESC, m.last_key DESC))[1] AS last
+FROM latest
+JOIN metrics_1m m ON m.symbol = $1 AND m.bucket_start >= latest.w
+                 AND m.bucket_start < latest.w + $2 * interval '1 second'
+JOIN ohlc_1m o USING (symbol, bucket_start)
+GROUP BY latest.w
+"""
+
+
+def candle_fetch(limit: int, fill: bool) -> int:
+    """Candles the source reads for a page: the page, the SMA look-back, and with fill one
+    more to seed the close carried into leading empty buckets."""
+    look = limit + SMA_WINDOW - 1
+    return look + 1 if fill else look
+
+
+def candles_sql(interval_s: int, limit: int, fill: bool) -> str:
+    """($1 symbol, $2 before µs, $3 candles to read = candle_fetch, $4 limit): the latest
+    `limit` candles before `before`, oldest last, with VWAP and SMA10."""
+    step = f"interval '{int(interval_s)} seconds'"  # from the INTERVALS whitelist
+    if interval_s == 60:
+        # `before` on both tables: merged, metrics_1m would otherwise be read from its
+        # newest minute down to `before`, all of it for a page deep in the past.
+        source = f"""
+            SELECT o.bucket_start AS bucket, o.open, o.high, o.low, o.close, o.volume,
+                   o.count, m.pv_sum
+            FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
+            WHERE o.symbol = $1 AND o.bucket_start < {_ts_expr("$2")}
+              AND m.symbol = $1 AND m.bucket_start < {_ts_expr("$2")}
+            ORDER BY o.bucket_start DESC LIMIT $3
+        """
+    else:
+        upper = f"date_bin({step}, {_ts_expr('$2')} - interval '1 microsecond', {ORIGIN}) + {step}"
+        # The $3 latest buckets hold at most $3 times (minutes per bucket) 1-minute candles,
+        # so the bucket of the candle that many back from `upper` starts at or before the
+        # oldest of them: a lower bound that reads what the page can show, never the
+        # symbol's whole history (no bound when there are fewer candles than that).
+        lower = f"""
+            SELECT coalesce((
+                SELECT date_bin({step}, b.bucket_start, {ORIGIN}) FROM ohlc_1m b
+                WHERE b.symbol = $1 AND b.bucket_start < {upper}
+                ORDER BY b.bucket_start DESC OFFSET $3 * {int(interval_s) // 60} - 1 LIMIT 1
+            ), '-infinity') AS lo"""
+        # Both tables get the range, so they are read as two ranges of their keys and merged
+        # (one index probe per minute into metrics_1m cost more than the aggregate). Open
+        # and close are looked up by the first and last minute of each bucket: grouping
+        # needs no sort of the minutes, which array_agg(... ORDER BY) asked for.
+        source = f"""
+            WITH bound AS MATERIALIZED ({lower}),
+            minutes AS (
+                SELECT o.bucket_start, o.high, o.low, o.volume, o.count, m.pv_sum
+                FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
+                WHERE o.symbol = $1 AND m.symbol = $1
+                  AND o.bucket_start < {upper} AND m.bucket_start < {upper}
+                  AND o.bucket_start >= (SELECT lo FROM bound)
+                  AND m.bucket_start >= (SELECT lo FROM bound)
+            ),
+            buckets AS (
+                SELECT date_bin({step}, bucket_start, {ORIGIN}) AS bucket,
+                       min(bucket_start) AS first_minute, max(bucket_start) AS last_minute,
+                       max(high) AS high, min(low) AS low, sum(volume) AS volume,
+                       sum(count)::int8 AS count, sum(pv_sum) AS pv_sum
+                FROM minutes GROUP BY 1
+                HAVING date_bin({step}, min(bucket_start), {ORIGIN}) < {_ts_expr("$2")}
+                ORDER BY 1 DESC LIMIT $3
+            )
+            SELECT k.bucket, f.open, k.high, k.low, l.close, k.volume, k.count, k.pv_sum
+            FROM buckets k
+            JOIN ohlc_1m f ON f.symbol = $1 AND f.bucket_start = k.first_minute
+            JOIN ohlc_1m l ON l.symbol = $1 AND l.bucket_start = k.last_minute
+        """
+    look = limit + SMA_WINDOW - 1
+    series = _filled(source, step, look) if fill else f"SELECT * FROM ({source}) c"
+    return f"""
+        WITH series AS ({series})
+        SELECT extract(epoch FROM bucket)::int8 AS ts, open, high, low, close, volume,
+               count, CASE WHEN volume > 0 THEN pv_sum / volume END AS vwap,
+               CASE WHEN count(*) OVER w = {SMA_WINDOW} THEN avg(close) OVER w END AS sma10
+        FROM series
+        WINDOW w AS (ORDER BY bucket ROWS {SMA_WINDOW - 1} PRECEDING)
+        ORDER BY bucket DESC LIMIT $4
+    """
+
+
 @attrs.define
 class Queries:
     db: Database
 
     async def symbols(self) -> list[dict[str, Any]]:
-        rows = await self.db.fetch(
-            "SELECT symbol, base, quote, active FROM symbols WHERE active ORDER BY symbol"
-        )
+        rows = await self.db.fetch(SYMBOLS)
         return [dict(r) for r in rows]
 
     async def upsert_symbols(self, rows: list[Any]) -> int:
@@ -83,17 +203,7 @@ class Queries:
     async def history(self, symbol: str, limit: int, before_us: int) -> dict[str, Any]:
         """Raw ticks newest first. A page never ends inside a group of ticks sharing one ts,
         so `before = nextCursor` continues with no gap and no repeat."""
-        rows = await self.db.fetch(
-            f"""
-            SELECT (extract(epoch FROM ts) * 1000000)::int8 AS ts_us, price, volume
-            FROM ticks_history
-            WHERE symbol = $1 AND ts < {_ts_expr("$2")}
-            ORDER BY ts DESC, idem_key DESC LIMIT $3
-            """,
-            symbol,
-            before_us,
-            limit + 1,
-        )
+        rows = await self.db.fetch(HISTORY_PAGE, symbol, before_us, limit + 1)
         more = len(rows) > limit
         page = rows[:limit]
         if more and page[-1]["ts_us"] == rows[limit]["ts_us"]:
@@ -102,15 +212,7 @@ class Queries:
             if trimmed:
                 page = trimmed
             else:  # more than `limit` ticks in one microsecond: the page takes them all
-                page = await self.db.fetch(
-                    f"""
-                    SELECT (extract(epoch FROM ts) * 1000000)::int8 AS ts_us, price, volume
-                    FROM ticks_history WHERE symbol = $1 AND ts = {_ts_expr("$2")}
-                    ORDER BY idem_key DESC
-                    """,
-                    symbol,
-                    boundary,
-                )
+                page = await self.db.fetch(HISTORY_TIES, symbol, boundary)
         items = [
             {"symbol": symbol, "ts": r["ts_us"] / 1e6, "price": r["price"], "volume": r["volume"]}
             for r in page
@@ -122,45 +224,8 @@ class Queries:
         self, symbol: str, interval_s: int, limit: int, before_us: int, fill: bool
     ) -> dict[str, Any]:
         """The latest `limit` candles before `before`, oldest first, with SMA10."""
-        look = limit + SMA_WINDOW - 1
-        step = f"interval '{int(interval_s)} seconds'"  # from the INTERVALS whitelist
-        if interval_s == 60:
-            source = f"""
-                SELECT o.bucket_start AS bucket, o.open, o.high, o.low, o.close, o.volume,
-                       o.count, m.pv_sum
-                FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
-                WHERE o.symbol = $1 AND o.bucket_start < {_ts_expr("$2")}
-                ORDER BY o.bucket_start DESC LIMIT $3
-            """
-        else:
-            source = f"""
-                SELECT date_bin({step}, o.bucket_start, {ORIGIN}) AS bucket,
-                       (array_agg(o.open ORDER BY o.bucket_start))[1] AS open,
-                       max(o.high) AS high, min(o.low) AS low,
-                       (array_agg(o.close ORDER BY o.bucket_start DESC))[1] AS close,
-                       sum(o.volume) AS volume, sum(o.count)::int8 AS count,
-                       sum(m.pv_sum) AS pv_sum
-                FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
-                WHERE o.symbol = $1
-                  AND o.bucket_start < date_bin({step},
-                                                {_ts_expr("$2")} - interval '1 microsecond',
-                                                {ORIGIN}) + {step}
-                GROUP BY 1
-                HAVING date_bin({step}, o.bucket_start, {ORIGIN})
-                       < {_ts_expr("$2")}
-                ORDER BY 1 DESC LIMIT $3
-            """
-        series = _filled(source, step, look) if fill else f"SELECT * FROM ({source}) c"
-        sql = f"""
-            WITH series AS ({series})
-            SELECT extract(epoch FROM bucket)::int8 AS ts, open, high, low, close, volume,
-                   count, CASE WHEN volume > 0 THEN pv_sum / volume END AS vwap,
-                   CASE WHEN count(*) OVER w = {SMA_WINDOW} THEN avg(close) OVER w END AS sma10
-            FROM series
-            WINDOW w AS (ORDER BY bucket ROWS {SMA_WINDOW - 1} PRECEDING)
-            ORDER BY bucket DESC LIMIT $4
-        """
-        fetch = look + 1 if fill else look  # fill: one more candle to seed the grid
+        sql = candles_sql(interval_s, limit, fill)
+        fetch = candle_fetch(limit, fill)
         rows = await self.db.fetch(sql, symbol, before_us, fetch, limit)
         rows.reverse()
         items = [{"symbol": symbol, **dict(r)} for r in rows]
@@ -168,39 +233,12 @@ class Queries:
         return {"items": items, "nextCursor": cursor}
 
     async def metrics(self, symbol: str, window_s: int) -> dict[str, Any] | None:
-        row = await self.db.fetchrow(
-            f"""
-            WITH latest AS (
-                SELECT date_bin($2 * interval '1 second', bucket_start, {ORIGIN}) AS w
-                FROM metrics_1m WHERE symbol = $1 ORDER BY bucket_start DESC LIMIT 1
-            )
-            SELECT extract(epoch FROM latest.w)::int8 AS "windowStart",
-                   extract(epoch FROM latest.w + $2 * interval '1 second')::int8 AS "windowEnd",
-                   sum(m.count)::int8 AS count,
-                   (array_agg(o.open ORDER BY m.bucket_start))[1] AS open,
-                   min(m.min) AS min, max(m.max) AS max,
-                   sum(m.sum) / sum(m.count) AS avg,
-                   CASE WHEN sum(m.volume) > 0 THEN sum(m.pv_sum) / sum(m.volume) END AS vwap,
-                   sum(m.volume) AS volume,
-                   (array_agg(m.last ORDER BY m.last_ts DESC, m.last_key DESC))[1] AS last
-            FROM latest
-            JOIN metrics_1m m ON m.symbol = $1 AND m.bucket_start >= latest.w
-                             AND m.bucket_start < latest.w + $2 * interval '1 second'
-            JOIN ohlc_1m o USING (symbol, bucket_start)
-            GROUP BY latest.w
-            """,
-            symbol,
-            window_s,
-        )
+        row = await self.db.fetchrow(METRICS, symbol, window_s)
         return {"symbol": symbol, **dict(row)} if row else None
 
     async def stats(self) -> dict[str, Any]:
-        rows = await self.db.fetch(
-            """SELECT source, ticks, extract(epoch FROM last_ts)::float8 AS last_ts,
-                      extract(epoch FROM last_ingest_at)::float8 AS last_ingest_at
-               FROM source_stats ORDER BY source"""
-        )
-        symbols = await self.db.fetchval("SELECT count(*) FROM symbols WHERE active")
+        rows = await self.db.fetch(SOURCE_STATS)
+        symbols = await self.db.fetchval(ACTIVE_SYMBOLS)
         return {
             "ticksTotal": sum(r["ticks"] for r in rows),
             "symbols": symbols,
