@@ -8,9 +8,9 @@ process (`run --role all`) on one embedded PostgreSQL throughout:
 1. empty: bench.ingest's durable measurement (its posters, 202 → row stored), then
    `--requests` GETs of every read route of API.md, one at a time, p50 and p99 of each;
 2. fill, in SQL (generate_series, not HTTP): `--rows` ticks into `ticks_history` and as many
-   into `ticks_raw` for the bench's own symbols, spread over the 90 days (`TICK_DAYS`) before the posted
-   ticks, with random-looking 32-character keys (md5) like real idempotency keys; a year of
-   minutes into `ohlc_1m` and `metrics_1m`; then `VACUUM ANALYZE`;
+   into `ticks_raw` for the bench's own symbols, spread over the 90 days (`TICK_DAYS`) before
+   the posted ticks, with random-looking 32-character keys (md5) like real idempotency keys;
+   a year of minutes into `ohlc_1m` and `metrics_1m`; then `VACUUM ANALYZE`;
 3. full: the same ingest (new keys) and the same reads.
 
 The fill names the parent tables and their columns only, and relies on no primary key, so it
