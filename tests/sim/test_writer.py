@@ -1,5 +1,6 @@
 """The writer's group-commit policy under the mock clock, with an in-memory store: idle flush,
-the BATCH_MAX cap, the BATCH_FLUSH_MS bound, whole batches, and failed flushes."""
+flushes that grow with the backlog up to BATCH_BACKLOG_MAX, the BATCH_MAX and BATCH_FLUSH_MS
+triggers of an overlapping flush, whole batches, and failed flushes."""
 
 from __future__ import annotations
 
@@ -94,12 +95,12 @@ async def test_an_idle_writer_flushes_at_once(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
-async def test_rows_gathered_during_a_flush_go_in_the_next_one_capped_at_batch_max(
+async def test_rows_gathered_during_a_flush_go_in_the_next_one_capped_at_backlog_max(
     autojump_clock,
 ):
     store = FakeStore(delay=1.0)
     async with trio.open_nursery() as nursery:
-        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2)
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2, backlog_max=500)
         first = await h.send(part("A", 10, "a"))
         await trio.sleep(0.01)  # the first flush is running
         later = [await h.send(part("B", 200, f"b{i}-")) for i in range(4)]  # 800 rows wait
@@ -111,10 +112,53 @@ async def test_rows_gathered_during_a_flush_go_in_the_next_one_capped_at_batch_m
     assert [t for t, _ in store.flushes] == pytest.approx([0.0, 1.0, 2.0])
 
 
+async def test_flushes_grow_with_the_backlog_and_shrink_when_idle(autojump_clock):
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2, backlog_max=2000)
+        first = await h.send(part("A", 10, "a"))
+        await trio.sleep(0.01)  # the first flush is running: 3,000 rows queue behind it
+        queued = [await h.send(part("B", 300, f"b{i}-")) for i in range(10)]
+        for r in [first, *queued]:
+            await r.done.wait()
+        await trio.sleep_until(5.0)  # idle again
+        alone = await h.send(part("C", 300, "c"))
+        await alone.done.wait()
+        nursery.cancel_scope.cancel()
+    # 10 alone (idle); then whole batches up to 2,000 rows (six of 300), then the other 4;
+    # idle again, a batch is flushed at once on its own.
+    assert store.flushes == [
+        (pytest.approx(0.0), 10),
+        (pytest.approx(1.0), 1800),
+        (pytest.approx(2.0), 1200),
+        (pytest.approx(5.0), 300),
+    ]
+    assert [r.accepted for r in queued] == [300] * 10
+
+
+async def test_a_grown_flush_takes_a_batch_whole_or_leaves_it_whole(autojump_clock):
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2, backlog_max=2000)
+        first = await h.send(part("A", 10, "a"))
+        await trio.sleep(0.01)
+        before = await h.send(part("B", 300, "b"))
+        big = await h.send(part("C", 600, "c"), part("D", 600, "d"))  # one batch, 2 parts
+        after = await h.send(part("E", 300, "e"))
+        too_big = await h.send(part("F", 1200, "f"), part("G", 1200, "g"))
+        for r in (first, before, big, after, too_big):
+            await r.done.wait()
+        nursery.cancel_scope.cancel()
+    # 300 + 1,200 + 300 fit in one flush; 2,400 more would not, and that batch is larger
+    # than any flush: it goes alone, never split.
+    assert [rows for _, rows in store.flushes] == [10, 1800, 2400]
+    assert (big.accepted, too_big.accepted) == (1200, 2400)
+
+
 async def test_a_batch_larger_than_batch_max_is_never_split(autojump_clock):
     store = FakeStore()
     async with trio.open_nursery() as nursery:
-        h = await open_writer(nursery, store, batch_max=100, flush_s=0.2)
+        h = await open_writer(nursery, store, batch_max=100, flush_s=0.2, backlog_max=200)
         receipt = await h.send(part("A", 150), part("B", 150))
         await receipt.done.wait()
         nursery.cancel_scope.cancel()

@@ -3,7 +3,10 @@
 Policy: when no flush is running and rows wait, flush at once (an idle writer adds no
 latency). While flushes run, rows gather; another flush may overlap them (up to
 `concurrency` at once) as soon as `batch_max` rows wait or the oldest has waited
-`flush_s`. A flush takes whole receipts in arrival order up to `batch_max` rows; a single
+`flush_s`. A flush takes whole receipts in arrival order, all that wait up to `backlog_max`
+rows: an idle writer flushes each batch as it comes (small flushes, no wait), and flushes
+grow with the backlog, which spreads a flush's fixed cost (a round trip, a commit, a
+statement's start and its per-candle work) over more rows exactly when rows queue. A single
 receipt larger than that is flushed alone rather than split, so each webhook batch is
 committed all at once and its answer is exact.
 
@@ -78,10 +81,11 @@ class Writer:
     rx: trio.MemoryReceiveChannel
     store: Store
     health: ActorHealth
-    batch_max: int = 500
+    batch_max: int = 500  # rows waiting that make a flush due at once (BATCH_MAX)
     flush_s: float = 0.2
     concurrency: int = 1
     timeout_s: float = math.inf  # a flush's longest run (DB_TIMEOUT_MS)
+    backlog_max: int = 4000  # the largest flush, taken while rows wait (BATCH_BACKLOG_MAX)
     flushes: int = 0
     _partial: dict[Receipt, list[WriteRequest]] = attrs.field(factory=dict)
     _ready: deque[_Ready] = attrs.field(factory=deque)
@@ -158,7 +162,8 @@ class Writer:
     def _take(self) -> list[_Ready]:
         batch = [self._ready.popleft()]
         rows = batch[0].rows
-        while self._ready and rows + self._ready[0].rows <= self.batch_max:
+        limit = max(self.batch_max, self.backlog_max)
+        while self._ready and rows + self._ready[0].rows <= limit:
             rows += self._ready[0].rows
             batch.append(self._ready.popleft())
         self._ready_rows -= rows
