@@ -15,6 +15,7 @@ from tickhub.actors.supervisor import ActorHealth
 from tickhub.actors.writer import COMMIT_ANSWER_S, Writer
 from tickhub.messages import (
     Expired,
+    NewTick,
     Receipt,
     Rejected,
     StoredTick,
@@ -33,8 +34,11 @@ class FakeStore:
     refuse: set[str] = attrs.field(factory=set)
     flushes: list[tuple[float, int]] = attrs.field(factory=list)
     seen: set = attrs.field(factory=set)
+    live: list[frozenset[str]] = attrs.field(factory=list)  # each flush's live symbols
 
-    async def write(self, parts: Sequence[TickColumns], cutoff: float) -> list[StoredTick]:
+    async def write(
+        self, parts: Sequence[TickColumns], cutoff: float, live: frozenset[str]
+    ) -> list[StoredTick | NewTick]:
         start = trio.current_time()
         await trio.sleep(self.delay)
         if self.down:
@@ -44,11 +48,16 @@ class FakeStore:
         if trio.current_time() > cutoff:
             raise Expired("rolled back")
         self.flushes.append((start, sum(len(p) for p in parts)))
+        self.live.append(live)
         ticks = []
         for p in parts:
             for key, ts in zip(p.keys, p.ts_us, strict=True):
-                if (p.symbol, key) not in self.seen:
-                    self.seen.add((p.symbol, key))
+                if (p.symbol, key) in self.seen:
+                    continue
+                self.seen.add((p.symbol, key))
+                if p.symbol not in live:
+                    ticks.append(NewTick(p.symbol, key))
+                else:
                     candle = (ts // 60_000_000 * 60, 1.0, 1.0, 1.0, 1.0, 1.0, 1, None)
                     ticks.append(StoredTick(p.symbol, key, ts, 1.0, 1.0, *candle))
         return ticks
@@ -67,10 +76,12 @@ class Harness:
     reply_rx: trio.MemoryReceiveChannel
     reply_tx: trio.MemorySendChannel
 
-    async def send(self, *parts: TickColumns, deadline: float = math.inf) -> Receipt:
+    async def send(
+        self, *parts: TickColumns, deadline: float = math.inf, live: bool = True
+    ) -> Receipt:
         receipt = Receipt(len(parts), sum(len(p) for p in parts), deadline=deadline)
         for p in parts:
-            await self.tx.send(WriteRequest(p, receipt, self.reply_tx))
+            await self.tx.send(WriteRequest(p, receipt, self.reply_tx, live))
         return receipt
 
 
@@ -308,3 +319,39 @@ async def test_every_aggregator_gets_an_answer_for_each_flush(autojump_clock):
         except trio.WouldBlock:
             break
     assert [(len(a.ticks), a.answered) for a in answers] == [(2, 1), (0, 1), (0, 1)]
+
+
+async def test_a_symbol_nobody_watches_gets_its_counts_but_no_live_data(autojump_clock):
+    """A part sent not live comes back as keys only: its webhook's answer is as exact, its
+    aggregator learns how many new ticks went unpublished, and a live symbol of the same
+    flush still gets its candles."""
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store)
+        first = await h.send(part("A", 1, "first"))
+        await trio.sleep(0.01)
+        quiet = await h.send(part("Q", 3, "q"), live=False)
+        again = await h.send(part("Q", 4, "q"), live=False)  # 3 of its 4 keys are repeats
+        watched = await h.send(part("W", 2, "w"))
+        for r in (first, quiet, again, watched):
+            await r.done.wait()
+        nursery.cancel_scope.cancel()
+    assert [rows for _, rows in store.flushes] == [1, 9]
+    assert [(r.accepted, r.duplicates) for r in (quiet, again, watched)] == [
+        (3, 0),
+        (1, 3),
+        (2, 0),
+    ]
+    answers = []
+    while True:
+        try:
+            answers.append(h.reply_rx.receive_nowait())
+        except trio.WouldBlock:
+            break
+    by_symbol = {a.ticks[0].symbol if a.ticks else "Q": a for a in answers[1:]}
+    assert (by_symbol["Q"].ticks, by_symbol["Q"].unpublished, by_symbol["Q"].answered) == (
+        [],
+        4,
+        2,
+    )
+    assert (len(by_symbol["W"].ticks), by_symbol["W"].unpublished) == (2, 0)
