@@ -229,7 +229,8 @@ class Settings:
     batch_flush_ms: int = env("BATCH_FLUSH_MS", 200, validator=_positive)
     # The largest flush: while rows wait, a flush takes whole batches up to this many rows.
     batch_backlog_max: int = env("BATCH_BACKLOG_MAX", 4000, validator=_positive)
-    worker_concurrency: int = env("WORKER_CONCURRENCY", 1, validator=_positive)
+    # Flushes that may overlap: one runs in PostgreSQL while the process prepares the next.
+    worker_concurrency: int = env("WORKER_CONCURRENCY", 2, validator=_positive)
     # The consumer's name in the stream's consumer group; stable names resume their own
     # pending entries after a restart (default: host-pid).
     consumer_name: str | None = env("CONSUMER_NAME", None)

@@ -90,7 +90,7 @@ class Pipeline:
     publisher: Publisher
     batch_max: int = 500
     flush_s: float = 0.2
-    concurrency: int = 1
+    concurrency: int = 2
     backlog_max: int = 4000
     ingest_timeout_s: float = 2.0
     flush_timeout_s: float = math.inf
