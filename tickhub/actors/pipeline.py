@@ -91,7 +91,7 @@ class Pipeline:
     batch_max: int = 500
     flush_s: float = 0.2
     concurrency: int = 2
-    backlog_max: int = 4000
+    backlog_max: int = 500
     ingest_timeout_s: float = 2.0
     flush_timeout_s: float = math.inf
     admission: Admission = attrs.field(factory=lambda: Admission(50_000))

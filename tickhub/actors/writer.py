@@ -91,7 +91,7 @@ class Writer:
     flush_s: float = 0.2
     concurrency: int = 1
     timeout_s: float = math.inf  # a flush's longest run (DB_TIMEOUT_MS)
-    backlog_max: int = 4000  # the largest flush, taken while rows wait (BATCH_BACKLOG_MAX)
+    backlog_max: int = 500  # the largest flush, taken while rows wait (BATCH_BACKLOG_MAX)
     flushes: int = 0
     _partial: dict[Receipt, list[WriteRequest]] = attrs.field(factory=dict)
     _ready: deque[_Ready] = attrs.field(factory=deque)
