@@ -56,7 +56,7 @@ test: $(VENV)/.dev ui system-deps
 
 bench: $(VENV)/.dev ui
 	$(BIN)/python -m bench.ingest --size 500
-	$(BIN)/python -m bench.ingest --size 500 --env WORKER_CONCURRENCY=2
+	$(BIN)/python -m bench.ingest --size 500 --env WORKER_CONCURRENCY=1
 	$(BIN)/python -m bench.ingest --size 50 --batches 200
 	$(BIN)/python -m bench.ingest --mode split --consumers 1
 	$(BIN)/python -m bench.ingest --mode split --consumers 2
@@ -68,7 +68,7 @@ bench: $(VENV)/.dev ui
 		--clients 1000,5000,10000 --rate 1000 --batch 100 --seconds 10 --floor-clients 0 --p99-limit-ms 250
 	$(BIN)/python -m bench.profile
 	$(BIN)/python -m bench.replay --concurrency 4
-	@cat bench/results/results.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md bench/results/replay.md
+	@cat bench/results/ingest.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md bench/results/replay.md
 
 # Ten minutes of ingest and SSE clients coming and going; RSS and fds over time.
 soak: $(VENV)/.dev
