@@ -56,7 +56,7 @@ test: $(VENV)/.dev ui system-deps
 
 bench: $(VENV)/.dev ui
 	$(BIN)/python -m bench.ingest --size 500
-	$(BIN)/python -m bench.ingest --size 500 --env WORKER_CONCURRENCY=2
+	$(BIN)/python -m bench.ingest --size 500 --env WORKER_CONCURRENCY=1
 	$(BIN)/python -m bench.ingest --size 50 --batches 200
 	$(BIN)/python -m bench.ingest --mode split --consumers 1
 	$(BIN)/python -m bench.ingest --mode split --consumers 2
@@ -69,7 +69,7 @@ bench: $(VENV)/.dev ui
 	$(BIN)/python -m bench.profile
 	$(BIN)/python -m bench.replay --concurrency 4
 	$(BIN)/python -m bench.retention
-	@cat bench/results/results.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md bench/results/replay.md bench/results/retention.md
+	@cat bench/results/ingest.md bench/results/flush_sql.md bench/results/latency.md bench/results/fanout.md bench/results/profile.md bench/results/replay.md bench/results/retention.md
 
 # Ingest and every read route on an empty database, then with ROWS ticks of history filled in
 # SQL (default 20 million, as issue 17 asks; ROWS=2000000 for a quick check): ~20 minutes.

@@ -7,6 +7,7 @@ import os
 import time
 
 import attrs
+import psutil
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -19,6 +20,22 @@ def proc_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children, live and exited: a PostgreSQL server is a
+    postmaster whose backends do the work (the pool's backends live through a bench; those
+    that end are in the postmaster's children times)."""
+    parent = psutil.Process(pid)
+    own = parent.cpu_times()
+    total = own.user + own.system + own.children_user + own.children_system
+    for child in parent.children():
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def machine_cpu() -> tuple[float, float]:

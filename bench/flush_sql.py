@@ -8,7 +8,8 @@ goes inside it). In the same run, for ratios:
 
 - a bare COPY of the same rows into a temporary table without keys (the ceiling of COPY),
 - one `SELECT 1` round trip through the trio → asyncio bridge,
-- with `--what-if`: RAW_AUDIT=0 beside RAW_AUDIT=1, flush by flush in turn.
+- with `--what-if`: RAW_AUDIT=0 beside RAW_AUDIT=1, and no symbol live (nobody subscribes:
+  the flush returns keys only) beside every symbol live, flush by flush in turn.
 
 Prints one JSON line and appends a row to bench/results/flush_sql.md.
 """
@@ -16,9 +17,11 @@ Prints one JSON line and appends a row to bench/results/flush_sql.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -36,6 +39,7 @@ RESULTS = RESULTS_DIR / "flush_sql.md"
 COLUMNS = [
     "date", "rows/flush", "flushes", "flush ms", "DB-only rows/s", "COPY-only rows/s",
     "DB-only ÷ COPY-only", "round trip ms", "raw audit on rows/s", "raw audit off rows/s",
+    "none live rows/s",
 ]  # fmt: skip
 STAGE_COLUMNS = ["symbol", "idem_key", "ts_us", "price", "volume", "source", "received_us"]
 
@@ -90,22 +94,29 @@ async def copy_only(conn: asyncpg.Connection, records: list[tuple]) -> float:
     return took
 
 
-async def interleaved(db, args, variants: dict[str, TickStore], base_us: int) -> dict:
-    """rows/s of each store, flushes taken in turn so that drift hits every one alike."""
+async def interleaved(db, args, variants: dict[str, Any], base_us: int) -> dict:
+    """rows/s of each way to write a flush, flushes taken in turn so that drift hits every
+    one alike."""
     spent = dict.fromkeys(variants, 0.0)
     for n in range(args.flushes):
-        for k, (name, tick_store) in enumerate(variants.items()):
+        for k, (name, write) in enumerate(variants.items()):
             parts = parts_for(f"{name}", n, args.size, base_us + k * 400_000_000)
             started = time.perf_counter()
-            await tick_store.write(parts)
+            await write(parts)
             spent[name] += time.perf_counter() - started
     return {name: round(args.size * args.flushes / t) for name, t in spent.items()}
 
 
 async def what_ifs(db, args, base_us: int) -> dict:
-    """The writer's call with RAW_AUDIT=0 beside RAW_AUDIT=1, flush by flush in turn."""
-    stores = {"raw_audit_on": TickStore(db, True), "raw_audit_off": TickStore(db, False)}
-    return await interleaved(db, args, stores, base_us + 4_000_000_000)
+    """The writer's call with RAW_AUDIT=0 beside RAW_AUDIT=1, and with no symbol live (no
+    one subscribes: keys back, no candles) beside every symbol live, flush by flush in turn."""
+    on, off = TickStore(db, True), TickStore(db, False)
+    variants = {
+        "raw_audit_on": on.write,
+        "raw_audit_off": off.write,
+        "none_live": functools.partial(on.write, live=()),
+    }
+    return await interleaved(db, args, variants, base_us + 4_000_000_000)
 
 
 async def main(args: argparse.Namespace) -> dict:
@@ -135,7 +146,7 @@ async def main(args: argparse.Namespace) -> dict:
                 plan = await db.run(explain, parts)
                 (RESULTS_DIR / "flush_sql-explain.txt").write_text(
                     f"EXPLAIN ANALYZE of the flush statement, {args.size} rows, after "
-                    f"{args.warmup + (3 if args.what_if else 1) * args.flushes} flushes:\n\n"
+                    f"{args.warmup + (4 if args.what_if else 1) * args.flushes} flushes:\n\n"
                     f"{plan}\n"
                 )
                 started = time.perf_counter()
@@ -169,6 +180,7 @@ def record(result: dict) -> None:
             result["db_only_rows_per_s"], result["copy_only_rows_per_s"],
             result["db_only_over_copy_only"], result["round_trip_ms"],
             what_if.get("raw_audit_on", "-"), what_if.get("raw_audit_off", "-"),
+            what_if.get("none_live", "-"),
         ],
     )  # fmt: skip
 
@@ -179,6 +191,6 @@ if __name__ == "__main__":
     parser.add_argument("--flushes", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument(
-        "--what-if", action="store_true", help="also: RAW_AUDIT=0 beside RAW_AUDIT=1"
+        "--what-if", action="store_true", help="also: RAW_AUDIT=0 beside 1, none live beside all"
     )
     run_bench(main, parser.parse_args(), record)

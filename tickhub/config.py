@@ -227,7 +227,12 @@ class Settings:
     sse_retain_events: int = env("SSE_RETAIN_EVENTS", 10_000, validator=_positive)
     batch_max: int = env("BATCH_MAX", 500, validator=_positive)
     batch_flush_ms: int = env("BATCH_FLUSH_MS", 200, validator=_positive)
-    worker_concurrency: int = env("WORKER_CONCURRENCY", 1, validator=_positive)
+    # The largest flush: while rows wait, a flush takes whole batches up to this many rows
+    # (never fewer than BATCH_MAX). Equal to BATCH_MAX by default: on one host, larger flushes
+    # measured no faster (docs/performance.md §3.1); a database a network hop away may differ.
+    batch_backlog_max: int = env("BATCH_BACKLOG_MAX", 500, validator=_positive)
+    # Flushes that may overlap: one runs in PostgreSQL while the process prepares the next.
+    worker_concurrency: int = env("WORKER_CONCURRENCY", 2, validator=_positive)
     # The consumer's name in the stream's consumer group; stable names resume their own
     # pending entries after a restart (default: host-pid).
     consumer_name: str | None = env("CONSUMER_NAME", None)

@@ -66,14 +66,24 @@ class StoredTick(NamedTuple):
     sma10: float | None
 
 
+class NewTick(NamedTuple):
+    """A tick the flush inserted, of a symbol whose live events nobody wanted when it was
+    handed to the writer: only its identity comes back (no candle, no SMA10, no event)."""
+
+    symbol: str
+    key: str
+
+
 @attrs.frozen
 class FlushOutcome:
     """What one flush did for one aggregator: the new ticks it stored, each with the candle it
     touched (none when the flush failed or held only duplicates), and how many of that
-    aggregator's write requests it answers — so an aggregator knows when none is in flight."""
+    aggregator's write requests it answers — so an aggregator knows when none is in flight.
+    `unpublished` counts new ticks stored without their live data (nobody subscribed)."""
 
     ticks: list[StoredTick]
     answered: int = 1
+    unpublished: int = 0
 
 
 @attrs.define(eq=False)
@@ -129,11 +139,14 @@ class Receipt:
 
 @attrs.frozen
 class WriteRequest:
-    """A part handed by an aggregator to the writer; the outcome goes back on `reply`."""
+    """A part handed by an aggregator to the writer; the outcome goes back on `reply`.
+    `live`: someone may want the symbol's live events, so the flush returns each new tick
+    with its candle and SMA10; otherwise only the new ticks' keys."""
 
     ticks: TickColumns
     receipt: Receipt
     reply: trio.MemorySendChannel
+    live: bool = True
 
 
 @attrs.frozen

@@ -298,6 +298,7 @@ class _Process:
             batch_max=settings.batch_max,
             flush_s=settings.batch_flush_ms / 1000,
             concurrency=settings.worker_concurrency,
+            backlog_max=settings.batch_backlog_max,
             ingest_timeout_s=settings.ingest_timeout_ms / 1000,
             flush_timeout_s=settings.db_timeout_ms / 1000,
             admission=Admission(settings.ingest_max_pending),

@@ -259,3 +259,53 @@ async def test_a_flush_to_many_clients_lets_the_other_tasks_run_between_slices()
             await done.wait()
         nursery.cancel_scope.cancel()
     assert log.index("webhook") < 60, log.index("webhook")  # a slice is ~20 writes
+
+
+async def test_a_resume_across_unpublished_ticks_is_a_reset_for_their_symbol(autojump_clock):
+    """Ticks of a symbol nobody watched were stored without events (`skipped`): a resume from
+    before that cannot be served for the symbol, only for the others; a subscriber of it
+    that came meanwhile reloads."""
+    hub = Hub(retain=100, client_buffer=100, next_id=1)
+    publish(hub, "BTC", 3)  # ids 1..3
+    hub.skipped("ETH")  # ETH's ticks would have come after id 3
+    publish(hub, "BTC", 2)  # ids 4..5
+    assert hub.subscribe(frozenset({"BTC"}), last_id=2).reset is False
+    assert ids(b"".join(hub.subscribe(frozenset({"BTC"}), last_id=2).buffer)) == [3, 4, 5]
+    assert hub.subscribe(frozenset({"ETH"}), last_id=3).reset is True
+    assert hub.subscribe(None, last_id=3).reset is True  # every symbol includes ETH
+    assert hub.subscribe(frozenset({"ETH"}), last_id=4).reset is False  # saw what followed
+    newcomer = hub.subscribe(frozenset({"ETH"}))
+    hub.skipped("ETH")
+    assert b'event: reset\ndata: {"reason":"stale"}' in b"".join(newcomer.buffer)
+
+
+async def test_the_symbols_without_events_the_hub_remembers_are_bounded(
+    autojump_clock, monkeypatch
+):
+    monkeypatch.setattr("tickhub.actors.hub.MAX_GAPS", 3)
+    hub = Hub(retain=100, client_buffer=100, next_id=1)
+    for symbol in ["A", "B", "C", "D"]:
+        publish(hub, "BTC", 1)  # ids 1, 2, 3, 4
+        hub.skipped(symbol)  # A's gap starts at id 2, B's at 3 …
+    assert len(hub._gaps) == 3  # A was forgotten ...
+    assert hub.subscribe(frozenset({"BTC"}), last_id=1).reset is True  # ... conservatively
+    assert hub.subscribe(frozenset({"BTC"}), last_id=2).reset is False
+    assert hub.subscribe(frozenset({"A"}), last_id=2).reset is False  # nothing missed after 2
+
+
+async def test_a_symbol_stays_wanted_while_a_subscriber_that_left_can_resume(autojump_clock):
+    hub = Hub(retain=3, client_buffer=100, next_id=1)
+    assert not hub.wants("BTC")
+    sub = hub.subscribe(frozenset({"BTC"}))
+    assert hub.wants("BTC") and not hub.wants("ETH")
+    publish(hub, "BTC", 2)  # ids 1..2
+    hub.unsubscribe(sub)
+    assert hub.wants("BTC")  # it may come back with Last-Event-ID 2
+    publish(hub, "ETH", 3)  # ids 3..5: the window (3..5) holds all that came after 2
+    assert hub.wants("BTC")
+    publish(hub, "ETH", 1)  # id 6: 3 is gone, so a resume from 2 is a reset anyway
+    assert not hub.wants("BTC")
+    everything = hub.subscribe(None)
+    assert hub.wants("SOL")
+    hub.unsubscribe(everything)
+    assert hub.wants("SOL")

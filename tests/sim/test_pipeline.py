@@ -9,7 +9,9 @@ import attrs
 import pytest
 import trio
 
+from tests.sim.test_hub import ids
 from tests.sim.test_writer import FakeStore, part
+from tickhub.actors.hub import Hub, HubPublisher
 from tickhub.actors.pipeline import Admission, Overloaded, Pipeline
 from tickhub.actors.supervisor import RestartPolicy, Supervisor
 
@@ -21,6 +23,12 @@ class FlakyHub:
     fail_on: set[int] = attrs.field(factory=set)
     calls: int = 0
     events: list = attrs.field(factory=list)
+
+    def wants(self, symbol):
+        return True
+
+    def skipped(self, symbol):
+        raise AssertionError("every symbol is wanted here")
 
     async def publish(self, symbol, payloads):
         self.calls += 1
@@ -137,3 +145,25 @@ async def test_new_symbols_beyond_the_cap_retire_the_least_recently_busy(autojum
         assert pipeline.symbols == ["A", "D", "E"]  # B then C went, A was used again
         nursery.cancel_scope.cancel()
     assert len(hub.events) == 6
+
+
+async def test_a_symbol_nobody_subscribes_to_costs_no_live_work(autojump_clock):
+    """In one process the hub knows who subscribes: the flush of an unwatched symbol asks
+    the store for keys only and publishes nothing, a watched one gets its events, and a
+    resume from before the unpublished ticks is a reset, not a silent gap."""
+    store = FakeStore()
+    hub = Hub(retain=100, client_buffer=100, next_id=1)
+    watcher = hub.subscribe(frozenset({"BTC"}))
+    async with trio.open_nursery() as nursery:
+        pipeline = await open_pipeline(nursery, store, HubPublisher(hub))
+        for symbol in ("BTC", "ETH"):
+            receipt = await pipeline.submit([part(symbol, 3, symbol)], 3)
+            await receipt.done.wait()
+            assert receipt.accepted == 3
+        await trio.sleep(0.1)  # the aggregators publish
+        nursery.cancel_scope.cancel()
+    assert store.live == [frozenset({"BTC"}), frozenset()]
+    assert ids(b"".join(watcher.buffer)) == [1, 2, 3]  # BTC's three events
+    assert hub.last_id == 3  # none for ETH
+    assert hub.subscribe(frozenset({"ETH"}), last_id=3).reset is True
+    assert hub.subscribe(frozenset({"BTC"}), last_id=3).reset is False

@@ -1,5 +1,6 @@
 """The writer's group-commit policy under the mock clock, with an in-memory store: idle flush,
-the BATCH_MAX cap, the BATCH_FLUSH_MS bound, whole batches, and failed flushes."""
+flushes that grow with the backlog up to BATCH_BACKLOG_MAX, the BATCH_MAX and BATCH_FLUSH_MS
+triggers of an overlapping flush, whole batches, and failed flushes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tickhub.actors.supervisor import ActorHealth
 from tickhub.actors.writer import COMMIT_ANSWER_S, Writer
 from tickhub.messages import (
     Expired,
+    NewTick,
     Receipt,
     Rejected,
     StoredTick,
@@ -32,8 +34,11 @@ class FakeStore:
     refuse: set[str] = attrs.field(factory=set)
     flushes: list[tuple[float, int]] = attrs.field(factory=list)
     seen: set = attrs.field(factory=set)
+    live: list[frozenset[str]] = attrs.field(factory=list)  # each flush's live symbols
 
-    async def write(self, parts: Sequence[TickColumns], cutoff: float) -> list[StoredTick]:
+    async def write(
+        self, parts: Sequence[TickColumns], cutoff: float, live: frozenset[str]
+    ) -> list[StoredTick | NewTick]:
         start = trio.current_time()
         await trio.sleep(self.delay)
         if self.down:
@@ -43,11 +48,16 @@ class FakeStore:
         if trio.current_time() > cutoff:
             raise Expired("rolled back")
         self.flushes.append((start, sum(len(p) for p in parts)))
+        self.live.append(live)
         ticks = []
         for p in parts:
             for key, ts in zip(p.keys, p.ts_us, strict=True):
-                if (p.symbol, key) not in self.seen:
-                    self.seen.add((p.symbol, key))
+                if (p.symbol, key) in self.seen:
+                    continue
+                self.seen.add((p.symbol, key))
+                if p.symbol not in live:
+                    ticks.append(NewTick(p.symbol, key))
+                else:
                     candle = (ts // 60_000_000 * 60, 1.0, 1.0, 1.0, 1.0, 1.0, 1, None)
                     ticks.append(StoredTick(p.symbol, key, ts, 1.0, 1.0, *candle))
         return ticks
@@ -66,10 +76,12 @@ class Harness:
     reply_rx: trio.MemoryReceiveChannel
     reply_tx: trio.MemorySendChannel
 
-    async def send(self, *parts: TickColumns, deadline: float = math.inf) -> Receipt:
+    async def send(
+        self, *parts: TickColumns, deadline: float = math.inf, live: bool = True
+    ) -> Receipt:
         receipt = Receipt(len(parts), sum(len(p) for p in parts), deadline=deadline)
         for p in parts:
-            await self.tx.send(WriteRequest(p, receipt, self.reply_tx))
+            await self.tx.send(WriteRequest(p, receipt, self.reply_tx, live))
         return receipt
 
 
@@ -94,12 +106,12 @@ async def test_an_idle_writer_flushes_at_once(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
-async def test_rows_gathered_during_a_flush_go_in_the_next_one_capped_at_batch_max(
+async def test_rows_gathered_during_a_flush_go_in_the_next_one_capped_at_backlog_max(
     autojump_clock,
 ):
     store = FakeStore(delay=1.0)
     async with trio.open_nursery() as nursery:
-        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2)
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2, backlog_max=500)
         first = await h.send(part("A", 10, "a"))
         await trio.sleep(0.01)  # the first flush is running
         later = [await h.send(part("B", 200, f"b{i}-")) for i in range(4)]  # 800 rows wait
@@ -111,10 +123,53 @@ async def test_rows_gathered_during_a_flush_go_in_the_next_one_capped_at_batch_m
     assert [t for t, _ in store.flushes] == pytest.approx([0.0, 1.0, 2.0])
 
 
+async def test_flushes_grow_with_the_backlog_and_shrink_when_idle(autojump_clock):
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2, backlog_max=2000)
+        first = await h.send(part("A", 10, "a"))
+        await trio.sleep(0.01)  # the first flush is running: 3,000 rows queue behind it
+        queued = [await h.send(part("B", 300, f"b{i}-")) for i in range(10)]
+        for r in [first, *queued]:
+            await r.done.wait()
+        await trio.sleep_until(5.0)  # idle again
+        alone = await h.send(part("C", 300, "c"))
+        await alone.done.wait()
+        nursery.cancel_scope.cancel()
+    # 10 alone (idle); then whole batches up to 2,000 rows (six of 300), then the other 4;
+    # idle again, a batch is flushed at once on its own.
+    assert store.flushes == [
+        (pytest.approx(0.0), 10),
+        (pytest.approx(1.0), 1800),
+        (pytest.approx(2.0), 1200),
+        (pytest.approx(5.0), 300),
+    ]
+    assert [r.accepted for r in queued] == [300] * 10
+
+
+async def test_a_grown_flush_takes_a_batch_whole_or_leaves_it_whole(autojump_clock):
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store, batch_max=500, flush_s=0.2, backlog_max=2000)
+        first = await h.send(part("A", 10, "a"))
+        await trio.sleep(0.01)
+        before = await h.send(part("B", 300, "b"))
+        big = await h.send(part("C", 600, "c"), part("D", 600, "d"))  # one batch, 2 parts
+        after = await h.send(part("E", 300, "e"))
+        too_big = await h.send(part("F", 1200, "f"), part("G", 1200, "g"))
+        for r in (first, before, big, after, too_big):
+            await r.done.wait()
+        nursery.cancel_scope.cancel()
+    # 300 + 1,200 + 300 fit in one flush; 2,400 more would not, and that batch is larger
+    # than any flush: it goes alone, never split.
+    assert [rows for _, rows in store.flushes] == [10, 1800, 2400]
+    assert (big.accepted, too_big.accepted) == (1200, 2400)
+
+
 async def test_a_batch_larger_than_batch_max_is_never_split(autojump_clock):
     store = FakeStore()
     async with trio.open_nursery() as nursery:
-        h = await open_writer(nursery, store, batch_max=100, flush_s=0.2)
+        h = await open_writer(nursery, store, batch_max=100, flush_s=0.2, backlog_max=200)
         receipt = await h.send(part("A", 150), part("B", 150))
         await receipt.done.wait()
         nursery.cancel_scope.cancel()
@@ -264,3 +319,39 @@ async def test_every_aggregator_gets_an_answer_for_each_flush(autojump_clock):
         except trio.WouldBlock:
             break
     assert [(len(a.ticks), a.answered) for a in answers] == [(2, 1), (0, 1), (0, 1)]
+
+
+async def test_a_symbol_nobody_watches_gets_its_counts_but_no_live_data(autojump_clock):
+    """A part sent not live comes back as keys only: its webhook's answer is as exact, its
+    aggregator learns how many new ticks went unpublished, and a live symbol of the same
+    flush still gets its candles."""
+    store = FakeStore(delay=1.0)
+    async with trio.open_nursery() as nursery:
+        h = await open_writer(nursery, store)
+        first = await h.send(part("A", 1, "first"))
+        await trio.sleep(0.01)
+        quiet = await h.send(part("Q", 3, "q"), live=False)
+        again = await h.send(part("Q", 4, "q"), live=False)  # 3 of its 4 keys are repeats
+        watched = await h.send(part("W", 2, "w"))
+        for r in (first, quiet, again, watched):
+            await r.done.wait()
+        nursery.cancel_scope.cancel()
+    assert [rows for _, rows in store.flushes] == [1, 9]
+    assert [(r.accepted, r.duplicates) for r in (quiet, again, watched)] == [
+        (3, 0),
+        (1, 3),
+        (2, 0),
+    ]
+    answers = []
+    while True:
+        try:
+            answers.append(h.reply_rx.receive_nowait())
+        except trio.WouldBlock:
+            break
+    by_symbol = {a.ticks[0].symbol if a.ticks else "Q": a for a in answers[1:]}
+    assert (by_symbol["Q"].ticks, by_symbol["Q"].unpublished, by_symbol["Q"].answered) == (
+        [],
+        4,
+        2,
+    )
+    assert (len(by_symbol["W"].ticks), by_symbol["W"].unpublished) == (2, 0)

@@ -3,7 +3,10 @@
 Its mailbox holds the symbol's parts of accepted batches. It orders each part by time and
 hands it to the writer; after the commit the writer sends back the ticks really inserted and
 the candles they touched (with SMA10), and the aggregator turns those into the symbol's live
-events, in time order, for the hub. Per-minute aggregation itself is done by the flush SQL
+events, in time order, for the hub. A symbol nobody subscribes to costs no live work: its
+parts go to the writer marked not live, the flush returns only their new keys, and the hub
+is told that it has no events for them (a resume from before cannot be served for that
+symbol; see `Hub.skipped`). Per-minute aggregation itself is done by the flush SQL
 from the rows the insert returned — only that way can a duplicate never count twice.
 
 Two loops run side by side so that a reply from the writer is always taken even while the
@@ -36,6 +39,16 @@ class Publisher(Protocol):
     """Where live events go: the local hub, or the updates stream in split mode."""
 
     async def publish(self, symbol: str, payloads: list[bytes]) -> None: ...
+
+    def wants(self, symbol: str) -> bool:
+        """Whether a live event of the symbol may reach anyone now (True when it cannot
+        know: the updates stream's readers are other processes)."""
+        ...
+
+    def skipped(self, symbol: str) -> None:
+        """New ticks of the symbol were stored without live events (it was not wanted when
+        they went to the writer)."""
+        ...
 
 
 def ordered(ticks: TickColumns) -> TickColumns:
@@ -113,7 +126,10 @@ class Aggregator:
                         return
                     continue
                 try:
-                    request = WriteRequest(ordered(batch.ticks), batch.receipt, self.stored_tx)
+                    live = self.publisher.wants(self.symbol)
+                    request = WriteRequest(
+                        ordered(batch.ticks), batch.receipt, self.stored_tx, live
+                    )
                     self.load.sent()
                     await self.writer_tx.send(request)
                 except BaseException as exc:
@@ -128,6 +144,8 @@ class Aggregator:
                 if outcome.ticks:
                     events = live_events(outcome.ticks)
                     await self.publisher.publish(self.symbol, events)
+                if outcome.unpublished:
+                    self.publisher.skipped(self.symbol)
                 # Only now: a successor for this symbol must not publish before we have.
                 self.load.answered(outcome.answered)
                 self.health.touch()

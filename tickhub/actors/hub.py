@@ -39,6 +39,10 @@ from tickhub.wire import RESET_FRAME, conflated_frame, event_frame
 # The longest the hub writes to sockets before it lets the other tasks run (one write is
 # ~10 µs, so ~200 clients a slice).
 FLUSH_SLICE_S = 0.002
+# Symbols whose unpublished ticks (`Hub.skipped`), or whose departed subscribers, the hub
+# remembers for resume; beyond it the oldest is forgotten (soundly: see each), so memory stays
+# bounded.
+MAX_GAPS = 4096
 
 
 @attrs.frozen
@@ -139,6 +143,13 @@ class Hub:
     _dirty: set[Subscriber] = attrs.field(factory=set)
     _kick: trio.Event = attrs.field(factory=trio.Event)
     _sleeping_until: float = math.inf  # when the flush loop wakes next, lacking a kick
+    # Per symbol, the id from which its events were not all published (`skipped`): a resume
+    # from before it cannot be served for that symbol. At most MAX_GAPS symbols.
+    _gaps: dict[str, int] = attrs.field(factory=dict)
+    # Per symbol (None: every symbol), the next id when its last subscriber left: while the
+    # window still reaches back to it, that subscriber may resume, so `wants` holds. At most
+    # MAX_GAPS entries (forgetting one is safe: its symbol's resume becomes a reset).
+    _left: dict[str | None, int] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._window = deque(maxlen=self.retain)
@@ -154,12 +165,47 @@ class Hub:
         return self.next_id - 1
 
     def wants(self, symbol: str) -> bool:
-        """Whether any subscriber would get an event of this symbol now."""
+        """Whether an event of this symbol may be wanted: a subscriber would get it now, or
+        one that left could still resume to it from the window (a browser reconnecting
+        after a blip resumes without a gap)."""
         return (
             bool(self._everything)
             or symbol in self._by_symbol
             or any(c.wants(symbol) for c in self._conflators.values())
+            or self._may_resume(symbol)
+            or self._may_resume(None)
         )
+
+    def _may_resume(self, symbol: str | None) -> bool:
+        left = self._left.get(symbol)
+        if left is None:
+            return False
+        if left <= self._evicted_upto:  # the window has moved past it: a resume is a reset
+            del self._left[symbol]
+            return False
+        return True
+
+    def skipped(self, symbol: str) -> None:
+        """Ticks of `symbol` were stored without live events (nobody wanted it when they
+        went to the writer). A resume from an id before now gets a reset for that symbol
+        instead of a silent gap, and a subscriber of it that came meanwhile reloads now."""
+        self._gaps.pop(symbol, None)
+        self._gaps[symbol] = self.next_id
+        if len(self._gaps) > MAX_GAPS:
+            # Forget the oldest gap by moving the window's start up to it: a resume from
+            # before it gets a reset whatever its symbols (conservative, never a silent gap).
+            oldest = self._gaps.pop(next(iter(self._gaps)))
+            self._evicted_upto = max(self._evicted_upto, oldest)
+        targets = [*self._everything, *self._by_symbol.get(symbol, ())]
+        for conflator in self._conflators.values():
+            targets += conflator.targets(symbol)
+        for sub in targets:
+            self._deliver(sub, RESET_FRAME)
+
+    def _gap_after(self, symbols: frozenset[str] | None, last_id: int) -> bool:
+        if symbols is None:
+            return any(gap > last_id for gap in self._gaps.values())
+        return any(self._gaps.get(symbol, -1) > last_id for symbol in symbols)
 
     def publish(self, symbol: str, payloads: Iterable[bytes]) -> None:
         """Publish already-encoded event data for one symbol, in order."""
@@ -251,7 +297,11 @@ class Hub:
         it were already evicted."""
         sub = Subscriber(symbols, self.client_buffer, conflate_s)
         if last_id is not None:
-            if last_id < self._evicted_upto or last_id > self.last_id + self.future_tolerance:
+            if (
+                last_id < self._evicted_upto
+                or last_id > self.last_id + self.future_tolerance
+                or self._gap_after(symbols, last_id)
+            ):
                 sub.reset = True
             elif last_id > self.last_id:
                 sub.after = last_id  # we have not seen it yet: serve what comes after it
@@ -296,6 +346,11 @@ class Hub:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         by_symbol, everything = self._registry(sub.conflate_s)
+        for key in (None,) if sub.symbols is None else sub.symbols:
+            self._left.pop(key, None)
+            self._left[key] = self.next_id
+        while len(self._left) > MAX_GAPS:
+            del self._left[next(iter(self._left))]
         if sub.symbols is None:
             everything.discard(sub)
         else:
@@ -326,6 +381,8 @@ class Hub:
         every client reloads, and no resume reaches back across the gap."""
         self._evicted_upto = self.last_id
         self._window.clear()
+        self._gaps.clear()  # older than any resume still served
+        self._left.clear()
         for sub in self._all_subscribers():
             self._deliver(sub, RESET_FRAME)
 
@@ -345,9 +402,21 @@ class HubPublisher:
     async def publish(self, symbol: str, payloads: list[bytes]) -> None:
         self.hub.publish(symbol, payloads)
 
+    def wants(self, symbol: str) -> bool:
+        return self.hub.wants(symbol)
+
+    def skipped(self, symbol: str) -> None:
+        self.hub.skipped(symbol)
+
 
 class NullPublisher:
-    """Where live events go in a process without a gateway or Redis link."""
+    """Where live events go in a process without a gateway or Redis link: nowhere."""
 
     async def publish(self, symbol: str, payloads: list[bytes]) -> None:
+        return None
+
+    def wants(self, symbol: str) -> bool:
+        return False
+
+    def skipped(self, symbol: str) -> None:
         return None

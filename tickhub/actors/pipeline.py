@@ -90,7 +90,8 @@ class Pipeline:
     publisher: Publisher
     batch_max: int = 500
     flush_s: float = 0.2
-    concurrency: int = 1
+    concurrency: int = 2
+    backlog_max: int = 500
     ingest_timeout_s: float = 2.0
     flush_timeout_s: float = math.inf
     admission: Admission = attrs.field(factory=lambda: Admission(50_000))
@@ -116,6 +117,7 @@ class Pipeline:
                 self.flush_s,
                 self.concurrency,
                 self.flush_timeout_s,
+                self.backlog_max,
             )
 
         await self.supervisor.start("writer", make_writer, restart=True, mailbox=rx)

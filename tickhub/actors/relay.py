@@ -236,6 +236,12 @@ class RedisPublisher:
     _waiting: list[tuple[str, list[bytes], trio.Event]] = attrs.field(factory=list)
     _kick: trio.Event = attrs.field(factory=trio.Event)
 
+    def wants(self, symbol: str) -> bool:
+        return True  # the gateways' subscribers are theirs to know, not the consumer's
+
+    def skipped(self, symbol: str) -> None:
+        return None  # never: every symbol is wanted
+
     async def publish(self, symbol: str, payloads: list[bytes]) -> None:
         if not payloads:
             return

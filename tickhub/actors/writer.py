@@ -3,9 +3,14 @@
 Policy: when no flush is running and rows wait, flush at once (an idle writer adds no
 latency). While flushes run, rows gather; another flush may overlap them (up to
 `concurrency` at once) as soon as `batch_max` rows wait or the oldest has waited
-`flush_s`. A flush takes whole receipts in arrival order up to `batch_max` rows; a single
+`flush_s`. A flush takes whole receipts in arrival order, all that wait up to `backlog_max`
+rows: an idle writer flushes each batch as it comes (small flushes, no wait), and flushes
+grow with the backlog, which spreads a flush's fixed cost (a round trip, a commit, a
+statement's start and its per-candle work) over more rows exactly when rows queue. A single
 receipt larger than that is flushed alone rather than split, so each webhook batch is
-committed all at once and its answer is exact.
+committed all at once and its answer is exact. The store returns each new tick with its
+candle only for the symbols whose requests are live (someone subscribes); for the others
+only the new keys, which is all the answers need.
 
 Failures stay where they start:
 - A flush the store refuses for its data (`Rejected`: a value it cannot hold) is tried again
@@ -36,6 +41,7 @@ from tickhub.actors.supervisor import ActorHealth
 from tickhub.messages import (
     Expired,
     FlushOutcome,
+    NewTick,
     Receipt,
     Rejected,
     StoredTick,
@@ -54,11 +60,14 @@ COMMIT_ANSWER_S = OUTCOME_WITHIN_S + 0.25  # the store's own verdict first
 
 
 class Store(Protocol):
-    async def write(self, parts: Sequence[TickColumns], cutoff: float) -> list[StoredTick]:
+    async def write(
+        self, parts: Sequence[TickColumns], cutoff: float, live: frozenset[str]
+    ) -> list[StoredTick | NewTick]:
         """Store the parts in one transaction that commits only before `cutoff` (trio
-        time); the ticks new to the store. Raises Rejected when the data itself cannot be
-        stored, Expired when the cutoff passed first (nothing was stored). Answers within
-        COMMIT_ANSWER_S of the cutoff."""
+        time); the ticks new to the store, with their candles for the symbols in `live`
+        (StoredTick), only their keys for the others (NewTick). Raises Rejected when the
+        data itself cannot be stored, Expired when the cutoff passed first (nothing was
+        stored). Answers within COMMIT_ANSWER_S of the cutoff."""
         ...
 
 
@@ -78,10 +87,11 @@ class Writer:
     rx: trio.MemoryReceiveChannel
     store: Store
     health: ActorHealth
-    batch_max: int = 500
+    batch_max: int = 500  # rows waiting that make a flush due at once (BATCH_MAX)
     flush_s: float = 0.2
     concurrency: int = 1
     timeout_s: float = math.inf  # a flush's longest run (DB_TIMEOUT_MS)
+    backlog_max: int = 500  # the largest flush, taken while rows wait (BATCH_BACKLOG_MAX)
     flushes: int = 0
     _partial: dict[Receipt, list[WriteRequest]] = attrs.field(factory=dict)
     _ready: deque[_Ready] = attrs.field(factory=deque)
@@ -158,7 +168,8 @@ class Writer:
     def _take(self) -> list[_Ready]:
         batch = [self._ready.popleft()]
         rows = batch[0].rows
-        while self._ready and rows + self._ready[0].rows <= self.batch_max:
+        limit = max(self.batch_max, self.backlog_max)
+        while self._ready and rows + self._ready[0].rows <= limit:
             rows += self._ready[0].rows
             batch.append(self._ready.popleft())
         self._ready_rows -= rows
@@ -190,7 +201,8 @@ class Writer:
             # Past the cutoff the store can no longer commit; a moment later (its answer on
             # the way) the writer stops waiting and frees its flush slot.
             with trio.fail_at(cutoff + COMMIT_ANSWER_S):
-                stored = await self.store.write([r.ticks for r in requests], cutoff)
+                live = frozenset(r.ticks.symbol for r in requests if r.live)
+                stored = await self.store.write([r.ticks for r in requests], cutoff, live)
         except Rejected as exc:
             if len(batch) > 1:
                 log.warning("flush refused; storing its batches one by one", error=str(exc))
@@ -217,7 +229,7 @@ class Writer:
         await _reply(requests, stored)
 
 
-def _settle(requests: list[WriteRequest], stored: list[StoredTick]) -> None:
+def _settle(requests: list[WriteRequest], stored: list[StoredTick | NewTick]) -> None:
     """Tell each receipt how many of its ticks were new; a key seen twice counts once."""
     inserted = {(t.symbol, t.key) for t in stored}
     for request in requests:
@@ -230,22 +242,27 @@ def _settle(requests: list[WriteRequest], stored: list[StoredTick]) -> None:
         request.receipt.part_stored(accepted, len(request.ticks) - accepted)
 
 
-async def _reply(requests: list[WriteRequest], stored: Sequence[StoredTick] = ()) -> None:
+async def _reply(requests: list[WriteRequest], stored: Sequence[StoredTick | NewTick] = ()) -> None:
     """Answer every aggregator of these requests once: the stored ticks of its symbol (none
-    when the flush failed) and how many of its requests this answers.
+    when the flush failed), how many of them came without live data, and how many of its
+    requests this answers.
 
     Without yielding between aggregators while their mailboxes have room: they then all
     publish in the same scheduler batch, so a client gets a whole flush in one write rather
     than one write per symbol."""
     ticks: dict[str, list[StoredTick]] = {}
+    unpublished: dict[str, int] = {}
     for tick in stored:
-        ticks.setdefault(tick.symbol, []).append(tick)
+        if isinstance(tick, StoredTick):
+            ticks.setdefault(tick.symbol, []).append(tick)
+        else:
+            unpublished[tick.symbol] = unpublished.get(tick.symbol, 0) + 1
     answered: dict[str, tuple[trio.MemorySendChannel, int]] = {}
     for request in requests:
         _, count = answered.get(request.ticks.symbol, (request.reply, 0))
         answered[request.ticks.symbol] = (request.reply, count + 1)
     for symbol, (reply_tx, count) in answered.items():
-        reply = FlushOutcome(ticks.get(symbol, []), count)
+        reply = FlushOutcome(ticks.get(symbol, []), count, unpublished.get(symbol, 0))
         try:
             try:
                 reply_tx.send_nowait(reply)

@@ -10,13 +10,15 @@ inserted. Candles merge by (ts, key), so the result does not depend on arrival o
 returns each inserted tick with its candle as stored after the flush and that candle's
 SMA10, which is what the live events carry: the same numbers REST serves (numeric → float8
 in SQL is the same conversion as the pool's numeric codec, decoded in C instead of Python).
+For a symbol nobody subscribes to it returns only the new ticks' keys: no SMA10, no join,
+no conversion, no result columns to decode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from tickhub.messages import Expired, Rejected, StoredTick, TickColumns
+from tickhub.messages import Expired, NewTick, Rejected, StoredTick, TickColumns
 from tickhub.sql.db import DATA_FAULTS, CommitRefused, Database
 from tickhub.sql.guard import Guarded
 from tickhub.sql.partitions import DayPartitions, missed
@@ -139,26 +141,34 @@ ins AS (
                   ) u
                   ORDER BY u.bucket_start DESC LIMIT 10) w) AS sma10
     FROM candles c
+    WHERE c.symbol = ANY($11)
 )
-SELECT i.symbol, i.idem_key, (extract(epoch FROM i.ts) * 1000000)::int8,
+SELECT i.symbol, i.idem_key, (extract(epoch FROM i.ts) * 1000000)::int8 AS ts_us,
        i.price::float8, i.volume::float8, extract(epoch FROM t.bucket_start)::int8,
        t.open::float8, t.high::float8, t.low::float8, t.close::float8, t.volume::float8,
        t.count, t.sma10::float8
 FROM ins i
 JOIN touched t ON t.symbol = i.symbol
               AND t.bucket_start = date_bin('1 minute', i.ts, {_ORIGIN})
-ORDER BY i.symbol, i.ts, i.idem_key
+UNION ALL
+-- The symbols nobody subscribes to: only the keys, which the webhook's answer counts.
+SELECT i.symbol, i.idem_key, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM ins i
+WHERE i.symbol <> ALL($11)
+ORDER BY symbol, ts_us, idem_key
 """
 
 
 def flush_statement(raw_audit: bool) -> str:
     """The flush's one statement. Its parameters: seven per-tick column arrays (symbol, key,
-    ts µs, price, volume, source, received µs), then (symbol, base, quote) of its symbols."""
+    ts µs, price, volume, source, received µs), then (symbol, base, quote) of its symbols,
+    then the symbols whose new ticks come back with their candles (the others: keys only)."""
     return _STAGE + (_RAW if raw_audit else "") + _WRITE
 
 
-def flush_arguments(parts: Sequence[TickColumns]) -> list[list]:
-    """The statement's parameters for a flush of these parts."""
+def flush_arguments(parts: Sequence[TickColumns], live: Collection[str] | None = None) -> list:
+    """The statement's parameters for a flush of these parts; every symbol is live unless
+    `live` says which are."""
     symbol, key, ts, price, volume, source, received = [], [], [], [], [], [], []
     for part in parts:
         n = len(part.keys)
@@ -174,6 +184,7 @@ def flush_arguments(parts: Sequence[TickColumns]) -> list[list]:
     return [
         symbol, key, ts, price, volume, source, received,
         symbols, [b for b, _ in pairs], [q for _, q in pairs],
+        symbols if live is None else sorted(live),
     ]  # fmt: skip
 
 
@@ -188,11 +199,15 @@ class TickStore:
         self.partitions = DayPartitions(db)
 
     async def write(
-        self, parts: Sequence[TickColumns], cutoff: float | None = None
-    ) -> list[StoredTick]:
+        self,
+        parts: Sequence[TickColumns],
+        cutoff: float | None = None,
+        live: Collection[str] | None = None,
+    ) -> list[StoredTick | NewTick]:
         """Commit the parts — only before `cutoff` (trio time), when one is given — and
-        return the ticks new to the store."""
-        args = flush_arguments(parts)
+        return the ticks new to the store: with their candles (StoredTick) for the symbols
+        in `live` (all when None), only their keys (NewTick) for the others."""
+        args = flush_arguments(parts, live)
         cached = await self.partitions.ensure(parts, self.raw_audit, cutoff)
         try:
             if cutoff is None:
@@ -202,8 +217,8 @@ class TickStore:
         except DATA_FAULTS as exc:
             if cached and missed(exc):  # a known day dropped since (retention): make, retry
                 self.partitions.forget()
-                return await self.write(parts, cutoff)
+                return await self.write(parts, cutoff, live)
             raise Rejected(f"{type(exc).__name__}: {exc}") from exc
         except CommitRefused:
             raise Expired("rolled back: its deadline passed before the commit") from None
-        return [StoredTick(*r) for r in rows]
+        return [StoredTick(*r) if r[2] is not None else NewTick(r[0], r[1]) for r in rows]
