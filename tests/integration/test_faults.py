@@ -80,23 +80,29 @@ async def test_a_full_pipeline_refuses_with_503_and_stores_nothing_of_it(db, pg_
     # (300 flushes one after another take longer than that even on a quiet machine).
     settings = make_settings(pg_url, ingest_max_pending=100, ingest_timeout_ms=500)
     server = await start_tickhub(nursery, settings)
-    results: list[tuple[int, list]] = []
+    results: list[tuple[int, list, str]] = []
 
     async def post(k: int) -> None:
         items = ticks(f"Q{k}", 100, start=int(time.time()) - 100, seed=k)
         response = await server.post_ticks(items)
-        results.append((response.status_code, items))
+        message = response.json()["error"]["message"] if response.status_code >= 400 else ""
+        results.append((response.status_code, items, message))
         if response.status_code == 503:
             assert response.headers["Retry-After"]
 
     async with trio.open_nursery() as posters:
         for k in range(300):  # far more than fit in the gate within 500 ms
             posters.start_soon(post, k)
-    codes = sorted(code for code, _ in results)
+    codes = sorted(code for code, _, _ in results)
     assert 202 in codes and 503 in codes
     stored = {r[0] for r in await db.fetch("SELECT DISTINCT symbol FROM ticks_history")}
-    refused = {items[0]["symbol"] for code, items in results if code == 503}
-    accepted = {items[0]["symbol"] for code, items in results if code == 202}
-    assert stored == accepted and not (stored & refused), (stored - accepted, accepted - stored)
+    accepted = {items[0]["symbol"] for code, items, _ in results if code == 202}
+    # A 503 says nothing was stored — except the one that says the outcome is unknown (the
+    # database did not answer about a commit under way: "… unless …, re-sending it is
+    # safe"), which only a machine too starved to read the answer for seconds gives.
+    unknown = {items[0]["symbol"] for code, items, m in results if code == 503 and "unless" in m}
+    refused = {items[0]["symbol"] for code, items, _ in results if code == 503} - unknown
+    assert accepted <= stored and not (stored & refused), (stored - accepted, accepted - stored)
+    assert stored - accepted <= unknown and len(unknown) <= 3, unknown
     assert await differences(db) == []
     await server.shutdown()
