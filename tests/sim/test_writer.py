@@ -24,6 +24,16 @@ from tickhub.messages import (
 )
 
 
+def drained(rx: trio.MemoryReceiveChannel) -> list:
+    """Everything waiting in a channel, without waiting."""
+    out = []
+    while True:
+        try:
+            out.append(rx.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
 @attrs.define
 class FakeStore:
     """Records each flush (time, rows); takes `delay` seconds; fails while `down`; refuses
@@ -312,12 +322,7 @@ async def test_every_aggregator_gets_an_answer_for_each_flush(autojump_clock):
             receipt = await h.send(parts)
             await receipt.done.wait()
         nursery.cancel_scope.cancel()
-    answers = []
-    while True:
-        try:
-            answers.append(h.reply_rx.receive_nowait())
-        except trio.WouldBlock:
-            break
+    answers = drained(h.reply_rx)
     assert [(len(a.ticks), a.answered) for a in answers] == [(2, 1), (0, 1), (0, 1)]
 
 
@@ -342,12 +347,7 @@ async def test_a_symbol_nobody_watches_gets_its_counts_but_no_live_data(autojump
         (1, 3),
         (2, 0),
     ]
-    answers = []
-    while True:
-        try:
-            answers.append(h.reply_rx.receive_nowait())
-        except trio.WouldBlock:
-            break
+    answers = drained(h.reply_rx)
     by_symbol = {a.ticks[0].symbol if a.ticks else "Q": a for a in answers[1:]}
     assert (by_symbol["Q"].ticks, by_symbol["Q"].unpublished, by_symbol["Q"].answered) == (
         [],
