@@ -95,7 +95,7 @@ async def run_replay(command: list[str], url: str) -> tuple[float, float]:
 
 
 async def empty_tables(db) -> None:
-    await db.execute("TRUNCATE ticks_raw, ticks_history, ohlc_1m, metrics_1m")
+    await db.execute("TRUNCATE ticks_raw, ticks_history, ohlc_1m, metrics_1m, candles_1h")
 
 
 async def durable_rate(args: argparse.Namespace, stack: Stack, db) -> float:

@@ -26,7 +26,7 @@ from tickhub.sql.embedded import EmbeddedPostgres
 from tickhub.sql.migrate import migrate_up
 
 API_KEY = "test-key"
-TABLES = "ticks_raw, ticks_history, ohlc_1m, metrics_1m, symbols, source_stats"
+TABLES = "ticks_raw, ticks_history, ohlc_1m, metrics_1m, candles_1h, symbols, source_stats"
 
 configure_logging("warning")
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import trio
 
-from tests.conftest import tickhub_command
+from tests.conftest import TABLES, tickhub_command
 from tests.consistency import differences
 from tickhub.dev import wait_ready
 from tickhub.sql.embedded import free_port
@@ -63,9 +63,7 @@ def db_sync(pg_url):
 
     async def reset(db):
         await migrate_up(db)
-        await db.execute(
-            "TRUNCATE ticks_raw, ticks_history, ohlc_1m, metrics_1m, symbols, source_stats"
-        )
+        await db.execute(f"TRUNCATE {TABLES}")
 
     trio.run(run, reset)
 

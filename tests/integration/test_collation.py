@@ -34,6 +34,8 @@ KEY_COLUMNS = {
     ("ohlc_1m", "close_key"),
     ("metrics_1m", "last_key"),
 }
+# The hourly roll-up's keys, "C" from the start (0005).
+HOUR_KEY_COLUMNS = {("candles_1h", "open_key"), ("candles_1h", "close_key")}
 # Mixed case, accents, other scripts, a symbol: the default en_US order and code-point order
 # disagree on almost every pair of these.
 KEYS = ["a-1", "B-2", "é-3", "Z-4", "z-5", "É-6", "ß-7", "_-8", "Ω-9", "b-10", "A-11"]
@@ -96,7 +98,7 @@ async def _collations(db: Database) -> dict[tuple[str, str], str | None]:
         "SELECT table_name, column_name, collation_name FROM information_schema.columns "
         "WHERE table_schema = 'public' AND column_name LIKE '%key'"
     )
-    return {(r[0], r[1]): r[2] for r in rows if (r[0], r[1]) in KEY_COLUMNS}
+    return {(r[0], r[1]): r[2] for r in rows if (r[0], r[1]) in KEY_COLUMNS | HOUR_KEY_COLUMNS}
 
 
 async def test_the_cluster_really_sorts_by_its_locale(en_us_db):
@@ -108,14 +110,16 @@ async def test_the_cluster_really_sorts_by_its_locale(en_us_db):
 
 
 async def test_migration_declares_the_keys_c_and_reverts(en_us_db):
-    assert await _collations(en_us_db) == dict.fromkeys(KEY_COLUMNS, "C")
-    both = ["0004_partitioned_history", "0003_keys_collate_c"]  # 0004 keeps 0003's "C"
-    assert await migrate_down(en_us_db, 2) == both
+    every = KEY_COLUMNS | HOUR_KEY_COLUMNS
+    assert await _collations(en_us_db) == dict.fromkeys(every, "C")
+    # 0004 keeps 0003's "C"; 0005's table goes with it
+    down = ["0005_candles_1h", "0004_partitioned_history", "0003_keys_collate_c"]
+    assert await migrate_down(en_us_db, 3) == down
     try:
         assert await _collations(en_us_db) == dict.fromkeys(KEY_COLUMNS, None)
     finally:
-        assert await migrate_up(en_us_db) == both[::-1]
-    assert await _collations(en_us_db) == dict.fromkeys(KEY_COLUMNS, "C")
+        assert await migrate_up(en_us_db) == down[::-1]
+    assert await _collations(en_us_db) == dict.fromkeys(every, "C")
 
 
 async def test_ties_in_ts_are_broken_alike_by_python_and_sql(en_us, en_us_db, nursery):

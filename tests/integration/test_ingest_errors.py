@@ -20,7 +20,9 @@ MIB = 1 << 20
 MAX_ITEMS = 5000
 NOW = int(time.time()) - 3600  # an hour ago: well inside [2000-01-01, now + 60 s]
 MISSING = object()  # marks a field left out of an item
-STORAGE = ("ticks_history", "ticks_raw", "symbols", "ohlc_1m", "metrics_1m", "source_stats")
+STORAGE = (
+    "ticks_history", "ticks_raw", "symbols", "ohlc_1m", "metrics_1m", "candles_1h", "source_stats",
+)  # fmt: skip
 
 
 def tick(symbol: str = "BTCUSDT", **fields) -> dict:

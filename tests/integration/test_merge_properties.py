@@ -1,11 +1,12 @@
 """Properties of the candle merge against a real PostgreSQL, through the writer's own flush SQL
 (`TickStore.write`), no HTTP (ARCHITECTURE §4.2, §4.3): flushes commute; any partition of a
 tick set into flushes gives what one flush gives; writing any subset again (duplicates inside
-a flush included) changes nothing; and `ohlc_1m` / `metrics_1m` always equal their
-recomputation from `ticks_history`.
+a flush included) changes nothing; and `ohlc_1m` / `metrics_1m` and the hours of
+`candles_1h` always equal their recomputation from `ticks_history`.
 
-Ticks come from a few symbols, sources and minutes, with many ties on ts (so open/close are
-decided by the key) and prices with up to 15 significant digits (what float8 → numeric keeps).
+Ticks come from a few symbols, sources and minutes (on both sides of an hour), with many
+ties on ts (so open/close are decided by the key) and prices with up to 15 significant
+digits (what float8 → numeric keeps).
 
 Hypothesis cannot drive an async test, so `@given` runs in a worker thread
 (`trio.to_thread.run_sync`) and hands each example back to the test's trio loop
@@ -50,10 +51,14 @@ def mostly(common: st.SearchStrategy, rare: st.SearchStrategy) -> st.SearchStrat
     return st.integers(0, 3).flatmap(lambda k: common if k else rare)
 
 
-# Few distinct offsets inside a minute, so that ticks often share a ts (and a minute edge).
+# Few distinct offsets inside a minute, so that ticks often share a ts (and a minute edge);
+# three minutes of the first hour, its last among them, and the next hour's first, so that
+# an hour merges minutes flushed apart.
 offsets = mostly(st.sampled_from([0, 1, 30_000_000, 59_999_999]), st.integers(0, MINUTE_US - 1))
 timestamps = st.builds(
-    lambda minute, offset: BASE_US + minute * MINUTE_US + offset, st.integers(0, 2), offsets
+    lambda minute, offset: BASE_US + minute * MINUTE_US + offset,
+    st.sampled_from([0, 1, 59, 60]),
+    offsets,
 )
 # Keys that sort differently by byte and by collation ("b" vs "B" vs "_b"); PostgreSQL's
 # one ordering must decide ties in ts the same way in the flush and in the recomputation.
@@ -125,6 +130,7 @@ async def state(db: Database) -> dict[str, list[tuple]]:
     queries = {
         "ohlc_1m": "SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start",
         "metrics_1m": "SELECT * FROM metrics_1m ORDER BY symbol, bucket_start",
+        "candles_1h": "SELECT * FROM candles_1h ORDER BY symbol, bucket_start",
         "ticks_history": "SELECT symbol, idem_key, ts, price, volume, source FROM ticks_history"
         " ORDER BY symbol, idem_key",
         "source_stats": "SELECT source, ticks, last_ts FROM source_stats ORDER BY source",
@@ -272,6 +278,23 @@ async def test_a_broken_merge_fails_the_property(db):
     quick = settings(SETTINGS, max_examples=3, phases=[Phase.generate])
     with pytest.raises(AssertionError):
         await trio.to_thread.run_sync(run_property, tick_sets, body, quick)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE candles_1h SET volume = volume + 1",  # an hour counted twice
+        "UPDATE candles_1h SET close_key = close_key || 'x'",  # the next merge would err
+        "DELETE FROM candles_1h",  # an hour never rolled up
+    ],
+    ids=["sum", "close key", "missing"],
+)
+async def test_a_wrong_hour_fails_the_consistency_check(db, damage):
+    await reset(db)
+    await write_all(db, [[("BTCUSDT", "k", BASE_US, 10.0, 1.0, "feed-a")]])
+    assert await differences(db) == []
+    await db.execute(damage)
+    assert await differences(db) != []
 
 
 async def test_without_raw_audit_the_same_ticks_are_stored_and_nothing_audited(db):

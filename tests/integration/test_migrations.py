@@ -23,7 +23,13 @@ async def _tables(db) -> set[str]:
     return {r[0] for r in rows}
 
 
-ALL = ["0001_schema", "0002_brin_received_at", "0003_keys_collate_c", "0004_partitioned_history"]
+ALL = [
+    "0001_schema",
+    "0002_brin_received_at",
+    "0003_keys_collate_c",
+    "0004_partitioned_history",
+    "0005_candles_1h",
+]
 
 
 async def _index_method(db, index: str) -> str:
@@ -40,6 +46,9 @@ async def test_up_down_up(pg):
         assert await migrate_up(db) == []  # idempotent
         assert {"ticks_history", "ohlc_1m", "metrics_1m", "symbols"} <= await _tables(db)
         assert await migration_status(db) == [(name, True) for name in ALL]
+        assert "candles_1h" in await _tables(db)
+        assert await migrate_down(db, 1) == ["0005_candles_1h"]
+        assert "candles_1h" not in await _tables(db)
         assert await _index_method(db, "ticks_history_received_at") is None  # 0004: by day
         assert await migrate_down(db, 1) == ["0004_partitioned_history"]
         assert await _index_method(db, "ticks_history_received_at") == "brin"

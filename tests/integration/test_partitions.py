@@ -305,6 +305,9 @@ CONTENT = {
 }
 
 
+UNDONE = ["0005_candles_1h", "0004_partitioned_history"]
+
+
 async def _content(db) -> dict[str, list]:
     return {k: [tuple(r) for r in await db.fetch(sql)] for k, sql in CONTENT.items()}
 
@@ -315,13 +318,13 @@ async def test_migration_0004_keeps_the_rows_both_ways(pg):
     url = pg.url.rsplit("/", 1)[0] + "/mig_part"
     async with open_bridge(), open_database(url) as db:
         await migrate_up(db)
-        assert await migrate_down(db, 1) == ["0004_partitioned_history"]
+        assert await migrate_down(db, 2) == UNDONE  # 0005 first: it reads 0004's tables
         for statement in ROWS_0003.split(";\n"):
             if statement.strip():
                 await db.execute(statement)
         before = await _content(db)
 
-        assert await migrate_up(db) == ["0004_partitioned_history"]
+        assert await migrate_up(db) == UNDONE[::-1]
         assert await _content(db) == before
         # 2024-12-30 00:01 to 2025-01-02 11:20: four days of ts; received over two hours.
         days = [f"ticks_history_p{d}" for d in ("20241230", "20241231", "20250101", "20250102")]
@@ -338,7 +341,7 @@ async def test_migration_0004_keeps_the_rows_both_ways(pg):
         assert await db.fetchval("SELECT max(id) FROM ticks_raw") == 5001
 
         after_up = await _content(db)
-        assert await migrate_down(db, 1) == ["0004_partitioned_history"]
+        assert await migrate_down(db, 2) == UNDONE
         assert await _content(db) == after_up
         kinds = "SELECT relname, relkind::text FROM pg_class WHERE relname LIKE 'ticks_%'"
         assert {tuple(r) for r in await db.fetch(kinds)} >= {
@@ -358,7 +361,7 @@ async def test_migration_0004_down_refuses_a_key_with_two_timestamps(pg):
         await store.write([part("TWO", ["same"], [OLD_DAY_S])])
         await store.write([part("TWO", ["same"], [OLD_DAY_S + 1])])
         try:
-            await migrate_down(db, 1)
+            await migrate_down(db, 2)  # 0005 goes, then 0004 refuses
         except Exception as exc:  # the duplicate key, named
             assert "same" in str(exc)
         else:

@@ -88,7 +88,9 @@ async def test_candles_do_not_depend_on_arrival_order(tickhub, db):
     for i in range(0, len(shuffled), 37):  # several batches, out of order
         assert (await tickhub.post_ticks(shuffled[i : i + 37])).status_code == 202
     from_shuffled = await db.fetch("SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start")
-    await db.execute("TRUNCATE ticks_raw, ticks_history, ohlc_1m, metrics_1m, source_stats")
+    await db.execute(
+        "TRUNCATE ticks_raw, ticks_history, ohlc_1m, metrics_1m, candles_1h, source_stats"
+    )
     assert (await tickhub.post_ticks(sorted(items, key=lambda t: t["ts"]))).status_code == 202
     from_sorted = await db.fetch("SELECT * FROM ohlc_1m ORDER BY symbol, bucket_start")
     assert from_shuffled == from_sorted

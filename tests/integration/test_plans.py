@@ -38,7 +38,7 @@ from tickhub.sql.queries import (
 )
 
 PLANS_DATABASE = "tickhub_plans"
-TICK_TABLES = ("ticks_history", "ticks_raw", "ohlc_1m", "metrics_1m")
+TICK_TABLES = ("ticks_history", "ticks_raw", "ohlc_1m", "metrics_1m", "candles_1h")
 TICKS = 300_000  # over 3 symbols, one every 10 ms
 MINUTES = 100_000  # per symbol: 69 days, so a page of 1-day candles is a fraction of it
 START_US = 1_767_225_600_000_000  # 2026-01-01 00:00 UTC
@@ -77,6 +77,8 @@ FILL = [
                          timestamptz '2026-01-01 00:00:00+00' + {MINUTES - 1} * interval '1 min',
                          interval '1 minute') AS m
     """,
+    # The hours of those minutes, as the flush would have kept them (migration 0005).
+    "SELECT tickhub_rebuild_candles_1h()",
     "INSERT INTO symbols (symbol) VALUES ('S0'), ('S1'), ('S2')",
     "INSERT INTO source_stats VALUES ('fill', 300000, now(), now())",
 ]
@@ -206,20 +208,24 @@ CASES: list[tuple[str, str, tuple, set[str], int]] = [
     ("history ties", HISTORY_TIES, ("S1", START_US + 10_000), {"ticks_history"}, 1),
 ]
 for name, seconds in INTERVALS.items():
-    for fill in (False, True):
-        fetch = candle_fetch(CANDLE_LIMIT, fill)
-        per_bucket = seconds // 60
-        for where, before in (("newest", FAR_FUTURE_US), ("deep", MIDDLE_US)):
-            CASES.append(
-                (
-                    f"candles {name}{' fill' if fill else ''} {where}",
-                    candles_sql(seconds, CANDLE_LIMIT, fill),
-                    ("S1", before, fetch, CANDLE_LIMIT),
-                    {"ohlc_1m", "metrics_1m"},
-                    # the page's buckets, one more (the bound's own bucket), in minutes
-                    (fetch + 1) * per_bucket,
+    # Whole hours read the hours (the API's path) and, as the reference the roll-up is
+    # tested against, can still be grouped from the minutes.
+    for hourly in (True, False) if seconds % 3600 == 0 else (False,):
+        for fill in (False, True):
+            fetch = candle_fetch(CANDLE_LIMIT, fill)
+            for where, before in (("newest", FAR_FUTURE_US), ("deep", MIDDLE_US)):
+                CASES.append(
+                    (
+                        f"candles {name}{' fill' if fill else ''} {where}"
+                        f"{' from minutes' if seconds % 3600 == 0 and not hourly else ''}",
+                        candles_sql(seconds, CANDLE_LIMIT, fill, hourly=hourly),
+                        ("S1", before, fetch, CANDLE_LIMIT),
+                        {"candles_1h"} if hourly else {"ohlc_1m", "metrics_1m"},
+                        # the page's buckets, one more (the bound's own bucket), in hours
+                        # or minutes
+                        (fetch + 1) * (seconds // 3600 if hourly else seconds // 60),
+                    )
                 )
-            )
 for name, seconds in WINDOWS.items():
     CASES.append(
         (f"metrics {name}", METRICS, ("S1", seconds), {"ohlc_1m", "metrics_1m"}, seconds // 60)

@@ -1,6 +1,7 @@
 """The read side of API.md: symbols, latest tick, raw history, candles with SMA10, metrics
-windows and stats. Coarser candles and SMA10 are computed here, in SQL, from `ohlc_1m`, with
-the same arithmetic the flush uses for live events — so REST and SSE agree to the digit.
+windows and stats. Coarser candles and SMA10 are computed here, in SQL, from `ohlc_1m` (and
+from its hourly roll-up `candles_1h` for 1h, 4h and 1d), with the same arithmetic the flush
+uses for live events — so REST and SSE agree to the digit.
 """
 
 from __future__ import annotations
@@ -97,10 +98,13 @@ def candle_fetch(limit: int, fill: bool) -> int:
     return look + 1 if fill else look
 
 
-def candles_sql(interval_s: int, limit: int, fill: bool) -> str:
+def candles_sql(interval_s: int, limit: int, fill: bool, *, hourly: bool = True) -> str:
     """($1 symbol, $2 before µs, $3 candles to read = candle_fetch, $4 limit): the latest
-    `limit` candles before `before`, oldest last, with VWAP and SMA10."""
+    `limit` candles before `before`, oldest last, with VWAP and SMA10. Intervals of whole
+    hours read the hourly roll-up `candles_1h` (unless `hourly` is false), the others the
+    minutes; both give the same candles to the digit."""
     step = f"interval '{int(interval_s)} seconds'"  # from the INTERVALS whitelist
+    hourly = hourly and interval_s % 3600 == 0
     if interval_s == 60:
         # `before` on both tables: merged, metrics_1m would otherwise be read from its
         # newest minute down to `before`, all of it for a page deep in the past.
@@ -112,48 +116,21 @@ def candles_sql(interval_s: int, limit: int, fill: bool) -> str:
               AND m.symbol = $1 AND m.bucket_start < {_ts_expr("$2")}
             ORDER BY o.bucket_start DESC LIMIT $3
         """
-    else:
-        upper = f"date_bin({step}, {_ts_expr('$2')} - interval '1 microsecond', {ORIGIN}) + {step}"
-        # The $3 latest buckets hold at most $3 times (minutes per bucket) 1-minute candles,
-        # so the bucket of the candle that many back from `upper` starts at or before the
-        # oldest of them: a lower bound that reads what the page can show, never the
-        # symbol's whole history (no bound when there are fewer candles than that).
-        lower = f"""
-            SELECT coalesce((
-                SELECT date_bin({step}, b.bucket_start, {ORIGIN}) FROM ohlc_1m b
-                WHERE b.symbol = $1 AND b.bucket_start < {upper}
-                ORDER BY b.bucket_start DESC OFFSET $3 * {int(interval_s) // 60} - 1 LIMIT 1
-            ), '-infinity') AS lo"""
-        # Both tables get the range, so they are read as two ranges of their keys and merged
-        # (one index probe per minute into metrics_1m cost more than the aggregate). Open
-        # and close are looked up by the first and last minute of each bucket: grouping
-        # needs no sort of the minutes, which array_agg(... ORDER BY) asked for.
+    elif hourly and interval_s == 3600:
+        # An hour is included when it starts before `before`, as the grouped minutes are.
         source = f"""
-            WITH bound AS MATERIALIZED ({lower}),
-            minutes AS (
-                SELECT o.bucket_start, o.high, o.low, o.volume, o.count, m.pv_sum
-                FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
-                WHERE o.symbol = $1 AND m.symbol = $1
-                  AND o.bucket_start < {upper} AND m.bucket_start < {upper}
-                  AND o.bucket_start >= (SELECT lo FROM bound)
-                  AND m.bucket_start >= (SELECT lo FROM bound)
-            ),
-            buckets AS (
-                SELECT date_bin({step}, bucket_start, {ORIGIN}) AS bucket,
-                       min(bucket_start) AS first_minute, max(bucket_start) AS last_minute,
-                       max(high) AS high, min(low) AS low, sum(volume) AS volume,
-                       sum(count)::int8 AS count, sum(pv_sum) AS pv_sum
-                FROM minutes GROUP BY 1
-                HAVING date_bin({step}, min(bucket_start), {ORIGIN}) < {_ts_expr("$2")}
-                ORDER BY 1 DESC LIMIT $3
-            )
-            SELECT k.bucket, f.open, k.high, k.low, l.close, k.volume, k.count, k.pv_sum
-            FROM buckets k
-            JOIN ohlc_1m f ON f.symbol = $1 AND f.bucket_start = k.first_minute
-            JOIN ohlc_1m l ON l.symbol = $1 AND l.bucket_start = k.last_minute
+            SELECT bucket_start AS bucket, open, high, low, close, volume, count, pv_sum
+            FROM candles_1h
+            WHERE symbol = $1 AND bucket_start < {_ts_expr("$2")}
+            ORDER BY bucket_start DESC LIMIT $3
         """
+    elif hourly:
+        source = _from_hours(step, interval_s)
+    else:
+        source = _from_minutes(step, interval_s)
     look = limit + SMA_WINDOW - 1
-    series = _filled(source, step, look) if fill else f"SELECT * FROM ({source}) c"
+    newest = "candles_1h" if hourly else "ohlc_1m"
+    series = _filled(source, step, look, newest) if fill else f"SELECT * FROM ({source}) c"
     return f"""
         WITH series AS ({series})
         SELECT extract(epoch FROM bucket)::int8 AS ts, open, high, low, close, volume,
@@ -162,6 +139,83 @@ def candles_sql(interval_s: int, limit: int, fill: bool) -> str:
         FROM series
         WINDOW w AS (ORDER BY bucket ROWS {SMA_WINDOW - 1} PRECEDING)
         ORDER BY bucket DESC LIMIT $4
+    """
+
+
+def _upper(step: str) -> str:
+    """The end of the bucket that holds the instant just before `before`."""
+    return f"date_bin({step}, {_ts_expr('$2')} - interval '1 microsecond', {ORIGIN}) + {step}"
+
+
+def _lower(step: str, table: str, per_bucket: int) -> str:
+    """The $3 latest buckets hold at most $3 times `per_bucket` rows of `table`, so the
+    bucket of the row that many back from the upper end starts at or before the oldest of
+    them: a lower bound that reads what the page can show, never the symbol's whole history
+    (no bound when there are fewer rows than that)."""
+    return f"""
+        SELECT coalesce((
+            SELECT date_bin({step}, b.bucket_start, {ORIGIN}) FROM {table} b
+            WHERE b.symbol = $1 AND b.bucket_start < {_upper(step)}
+            ORDER BY b.bucket_start DESC OFFSET $3 * {per_bucket} - 1 LIMIT 1
+        ), '-infinity') AS lo"""
+
+
+def _from_minutes(step: str, interval_s: int) -> str:
+    """Buckets of `interval_s` grouped from the 1-minute candles."""
+    upper = _upper(step)
+    # Both tables get the range, so they are read as two ranges of their keys and merged
+    # (one index probe per minute into metrics_1m cost more than the aggregate). Open and
+    # close are looked up by the first and last minute of each bucket: grouping needs no
+    # sort of the minutes, which array_agg(... ORDER BY) asked for.
+    return f"""
+        WITH bound AS MATERIALIZED ({_lower(step, "ohlc_1m", interval_s // 60)}),
+        minutes AS (
+            SELECT o.bucket_start, o.high, o.low, o.volume, o.count, m.pv_sum
+            FROM ohlc_1m o JOIN metrics_1m m USING (symbol, bucket_start)
+            WHERE o.symbol = $1 AND m.symbol = $1
+              AND o.bucket_start < {upper} AND m.bucket_start < {upper}
+              AND o.bucket_start >= (SELECT lo FROM bound)
+              AND m.bucket_start >= (SELECT lo FROM bound)
+        ),
+        buckets AS (
+            SELECT date_bin({step}, bucket_start, {ORIGIN}) AS bucket,
+                   min(bucket_start) AS first_minute, max(bucket_start) AS last_minute,
+                   max(high) AS high, min(low) AS low, sum(volume) AS volume,
+                   sum(count)::int8 AS count, sum(pv_sum) AS pv_sum
+            FROM minutes GROUP BY 1
+            HAVING date_bin({step}, min(bucket_start), {ORIGIN}) < {_ts_expr("$2")}
+            ORDER BY 1 DESC LIMIT $3
+        )
+        SELECT k.bucket, f.open, k.high, k.low, l.close, k.volume, k.count, k.pv_sum
+        FROM buckets k
+        JOIN ohlc_1m f ON f.symbol = $1 AND f.bucket_start = k.first_minute
+        JOIN ohlc_1m l ON l.symbol = $1 AND l.bucket_start = k.last_minute
+    """
+
+
+def _from_hours(step: str, interval_s: int) -> str:
+    """Buckets of `interval_s` (whole hours) grouped from `candles_1h`, as `_from_minutes`
+    groups minutes: the sums of the hours are the sums of their minutes, and the first
+    hour's open (the last hour's close) is the first minute's open (the last one's close)."""
+    upper = _upper(step)
+    return f"""
+        WITH bound AS MATERIALIZED ({_lower(step, "candles_1h", interval_s // 3600)}),
+        buckets AS (
+            SELECT date_bin({step}, bucket_start, {ORIGIN}) AS bucket,
+                   min(bucket_start) AS first_hour, max(bucket_start) AS last_hour,
+                   max(high) AS high, min(low) AS low, sum(volume) AS volume,
+                   sum(count)::int8 AS count, sum(pv_sum) AS pv_sum
+            FROM candles_1h
+            WHERE symbol = $1 AND bucket_start < {upper}
+              AND bucket_start >= (SELECT lo FROM bound)
+            GROUP BY 1
+            HAVING date_bin({step}, min(bucket_start), {ORIGIN}) < {_ts_expr("$2")}
+            ORDER BY 1 DESC LIMIT $3
+        )
+        SELECT k.bucket, f.open, k.high, k.low, l.close, k.volume, k.count, k.pv_sum
+        FROM buckets k
+        JOIN candles_1h f ON f.symbol = $1 AND f.bucket_start = k.first_hour
+        JOIN candles_1h l ON l.symbol = $1 AND l.bucket_start = k.last_hour
     """
 
 
@@ -247,19 +301,20 @@ class Queries:
         }
 
 
-def _filled(source: str, step: str, size: int) -> str:
+def _filled(source: str, step: str, size: int, newest: str) -> str:
     """Candles plus a flat zero-volume one for every empty bucket between the first and the
     latest candle, repeating the previous close. The grid is the `size` buckets (page plus
     SMA look-back) ending at the last bucket before `before` (or the latest candle). `c` holds
     one candle more than the grid can, so the candle just before the grid is there to seed
     the close carried into leading empty buckets; buckets before the first candle ever are
-    left out (no price to repeat)."""
+    left out (no price to repeat). `newest` is the table the source reads, whose latest row
+    ends the grid."""
     return f"""
         WITH c AS ({source}),
         top AS (
             SELECT least(
                 (SELECT date_bin({step}, max(bucket_start), {ORIGIN})
-                 FROM ohlc_1m WHERE symbol = $1),
+                 FROM {newest} WHERE symbol = $1),
                 date_bin({step}, {_ts_expr("$2")} - interval '1 microsecond', {ORIGIN})
             ) AS hi
         ),

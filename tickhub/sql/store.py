@@ -6,12 +6,12 @@ The flush's ticks (duplicates included) travel as arrays, one per column, and ar
 once. From them the same statement inserts into `ticks_raw` (when RAW_AUDIT is on), inserts
 the new ones into `ticks_history` (ON CONFLICT DO NOTHING — the idempotency), and upserts
 `ohlc_1m`, `metrics_1m`, `source_stats` and `symbols` from exactly the rows that were
-inserted. Candles merge by (ts, key), so the result does not depend on arrival order. It
-returns each inserted tick with its candle as stored after the flush and that candle's
-SMA10, which is what the live events carry: the same numbers REST serves (numeric → float8
-in SQL is the same conversion as the pool's numeric codec, decoded in C instead of Python).
-For a symbol nobody subscribes to it returns only the new ticks' keys: no SMA10, no join,
-no conversion, no result columns to decode.
+inserted, and `candles_1h` (the hours) from those minutes. Candles merge by (ts, key), so
+the result does not depend on arrival order. It returns each inserted tick with its candle
+as stored after the flush and that candle's SMA10, which is what the live events carry: the
+same numbers REST serves (numeric → float8 in SQL is the same conversion as the pool's
+numeric codec, decoded in C instead of Python). For a symbol nobody subscribes to it returns
+only the new ticks' keys: no SMA10, no join, no conversion, no result columns to decode.
 """
 
 from __future__ import annotations
@@ -111,6 +111,36 @@ ins AS (
         last_ts = GREATEST(m.last_ts, EXCLUDED.last_ts),
         volume = m.volume + EXCLUDED.volume,
         pv_sum = m.pv_sum + EXCLUDED.pv_sum
+), hours AS (
+    -- The hourly roll-up (migration 0005) from the same minutes, one row per (symbol, hour),
+    -- merged by the same (ts, key) rules; the minutes of an hour are disjoint in time, so
+    -- the earliest minute's open is the hour's open.
+    INSERT INTO candles_1h AS h (symbol, bucket_start, open, open_ts, open_key, high, low,
+                                 close, close_ts, close_key, volume, count, pv_sum)
+    SELECT symbol, date_bin('1 hour', bucket_start, {_ORIGIN}),
+           (array_agg(open ORDER BY open_ts, open_key))[1], min(open_ts),
+           (array_agg(open_key ORDER BY open_ts, open_key))[1],
+           max(high), min(low),
+           (array_agg(close ORDER BY close_ts DESC, close_key DESC))[1], max(close_ts),
+           (array_agg(close_key ORDER BY close_ts DESC, close_key DESC))[1],
+           sum(volume), sum(count), sum(pv_sum)
+    FROM agg GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (symbol, bucket_start) DO UPDATE SET
+        open = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_key) < (h.open_ts, h.open_key)
+                    THEN EXCLUDED.open ELSE h.open END,
+        open_key = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_key) < (h.open_ts, h.open_key)
+                        THEN EXCLUDED.open_key ELSE h.open_key END,
+        open_ts = LEAST(h.open_ts, EXCLUDED.open_ts),
+        high = GREATEST(h.high, EXCLUDED.high),
+        low = LEAST(h.low, EXCLUDED.low),
+        close = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_key) > (h.close_ts, h.close_key)
+                     THEN EXCLUDED.close ELSE h.close END,
+        close_key = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_key) > (h.close_ts, h.close_key)
+                         THEN EXCLUDED.close_key ELSE h.close_key END,
+        close_ts = GREATEST(h.close_ts, EXCLUDED.close_ts),
+        volume = h.volume + EXCLUDED.volume,
+        count = h.count + EXCLUDED.count,
+        pv_sum = h.pv_sum + EXCLUDED.pv_sum
 ), sources AS (
     INSERT INTO source_stats AS s (source, ticks, last_ts, last_ingest_at)
     SELECT source, count(*), max(ts), now() FROM ins GROUP BY source ORDER BY source
