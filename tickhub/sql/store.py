@@ -43,6 +43,29 @@ raw AS (
     FROM stage
 ),"""
 
+
+def _candle_merge(t: str) -> str:
+    """The SET of a candle upsert into the table aliased `t` (minutes and hours alike): the
+    earliest open and the latest close by (ts, key), so the result does not depend on the
+    order flushes arrive in; the extremes; the sums."""
+    return f"""\
+        open = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_key) < ({t}.open_ts, {t}.open_key)
+                    THEN EXCLUDED.open ELSE {t}.open END,
+        open_key = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_key) < ({t}.open_ts, {t}.open_key)
+                        THEN EXCLUDED.open_key ELSE {t}.open_key END,
+        open_ts = LEAST({t}.open_ts, EXCLUDED.open_ts),
+        high = GREATEST({t}.high, EXCLUDED.high),
+        low = LEAST({t}.low, EXCLUDED.low),
+        close = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_key) > ({t}.close_ts, {t}.close_key)
+                     THEN EXCLUDED.close ELSE {t}.close END,
+        close_key = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_key)
+                              > ({t}.close_ts, {t}.close_key)
+                         THEN EXCLUDED.close_key ELSE {t}.close_key END,
+        close_ts = GREATEST({t}.close_ts, EXCLUDED.close_ts),
+        volume = {t}.volume + EXCLUDED.volume,
+        count = {t}.count + EXCLUDED.count"""
+
+
 # Rows are fed to each insert in key order so that concurrent flushes lock rows in the same
 # order and cannot deadlock each other.
 _WRITE = f"""
@@ -78,20 +101,7 @@ ins AS (
            close, close_ts, close_key, volume, count
     FROM agg ORDER BY symbol, bucket_start
     ON CONFLICT (symbol, bucket_start) DO UPDATE SET
-        open = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_key) < (o.open_ts, o.open_key)
-                    THEN EXCLUDED.open ELSE o.open END,
-        open_key = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_key) < (o.open_ts, o.open_key)
-                        THEN EXCLUDED.open_key ELSE o.open_key END,
-        open_ts = LEAST(o.open_ts, EXCLUDED.open_ts),
-        high = GREATEST(o.high, EXCLUDED.high),
-        low = LEAST(o.low, EXCLUDED.low),
-        close = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_key) > (o.close_ts, o.close_key)
-                     THEN EXCLUDED.close ELSE o.close END,
-        close_key = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_key) > (o.close_ts, o.close_key)
-                         THEN EXCLUDED.close_key ELSE o.close_key END,
-        close_ts = GREATEST(o.close_ts, EXCLUDED.close_ts),
-        volume = o.volume + EXCLUDED.volume,
-        count = o.count + EXCLUDED.count
+{_candle_merge("o")}
     RETURNING o.symbol, o.bucket_start, o.open, o.high, o.low, o.close, o.volume, o.count
 ), metrics AS (
     INSERT INTO metrics_1m AS m (symbol, bucket_start, count, sum, min, max, last, last_ts,
@@ -126,20 +136,7 @@ ins AS (
            sum(volume), sum(count), sum(pv_sum)
     FROM agg GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (symbol, bucket_start) DO UPDATE SET
-        open = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_key) < (h.open_ts, h.open_key)
-                    THEN EXCLUDED.open ELSE h.open END,
-        open_key = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_key) < (h.open_ts, h.open_key)
-                        THEN EXCLUDED.open_key ELSE h.open_key END,
-        open_ts = LEAST(h.open_ts, EXCLUDED.open_ts),
-        high = GREATEST(h.high, EXCLUDED.high),
-        low = LEAST(h.low, EXCLUDED.low),
-        close = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_key) > (h.close_ts, h.close_key)
-                     THEN EXCLUDED.close ELSE h.close END,
-        close_key = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_key) > (h.close_ts, h.close_key)
-                         THEN EXCLUDED.close_key ELSE h.close_key END,
-        close_ts = GREATEST(h.close_ts, EXCLUDED.close_ts),
-        volume = h.volume + EXCLUDED.volume,
-        count = h.count + EXCLUDED.count,
+{_candle_merge("h")},
         pv_sum = h.pv_sum + EXCLUDED.pv_sum
 ), sources AS (
     INSERT INTO source_stats AS s (source, ticks, last_ts, last_ingest_at)
