@@ -7,6 +7,8 @@ and keeps today and the candles, and the read queries still read one index per d
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -21,7 +23,7 @@ from tickhub.actors.retention import RetentionSweeper
 from tickhub.actors.supervisor import ActorHealth
 from tickhub.bridge import open_bridge
 from tickhub.messages import TickColumns
-from tickhub.sql.db import open_database
+from tickhub.sql.db import Database, open_database
 from tickhub.sql.migrate import migrate_down, migrate_up
 from tickhub.sql.partitions import DayPartitions, day_of
 from tickhub.sql.queries import LATEST_TICK, LATEST_TICK_SINCE, Queries
@@ -312,11 +314,17 @@ async def _content(db) -> dict[str, list]:
     return {k: [tuple(r) for r in await db.fetch(sql)] for k, sql in CONTENT.items()}
 
 
+@asynccontextmanager
+async def fresh_database(pg, name: str) -> AsyncIterator[Database]:
+    """A database of its own on the test server, made anew, for a migration to run on."""
+    await trio.to_thread.run_sync(psql, pg, f"DROP DATABASE IF EXISTS {name}")
+    await trio.to_thread.run_sync(psql, pg, f"CREATE DATABASE {name}")
+    async with open_bridge(), open_database(pg.url.rsplit("/", 1)[0] + "/" + name) as db:
+        yield db
+
+
 async def test_migration_0004_keeps_the_rows_both_ways(pg):
-    await trio.to_thread.run_sync(psql, pg, "DROP DATABASE IF EXISTS mig_part")
-    await trio.to_thread.run_sync(psql, pg, "CREATE DATABASE mig_part")
-    url = pg.url.rsplit("/", 1)[0] + "/mig_part"
-    async with open_bridge(), open_database(url) as db:
+    async with fresh_database(pg, "mig_part") as db:
         await migrate_up(db)
         assert await migrate_down(db, 2) == UNDONE  # 0005 first: it reads 0004's tables
         for statement in ROWS_0003.split(";\n"):
@@ -352,10 +360,7 @@ async def test_migration_0004_keeps_the_rows_both_ways(pg):
 
 
 async def test_migration_0004_down_refuses_a_key_with_two_timestamps(pg):
-    await trio.to_thread.run_sync(psql, pg, "DROP DATABASE IF EXISTS mig_part_two")
-    await trio.to_thread.run_sync(psql, pg, "CREATE DATABASE mig_part_two")
-    url = pg.url.rsplit("/", 1)[0] + "/mig_part_two"
-    async with open_bridge(), open_database(url) as db:
+    async with fresh_database(pg, "mig_part_two") as db:
         await migrate_up(db)
         store = TickStore(db)
         await store.write([part("TWO", ["same"], [OLD_DAY_S])])
