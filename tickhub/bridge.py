@@ -36,9 +36,9 @@ async def open_bridge() -> AsyncIterator[None]:
         yield
 
 
-def _retrieve(future: asyncio.Future) -> None:
-    # An abandoned task's outcome is nobody's business any more; fetching it keeps asyncio
-    # from logging "exception was never retrieved".
+def retrieve(future: asyncio.Future) -> None:
+    """For a task nobody awaits (abandoned, or left to finish on its own): fetching its
+    outcome keeps asyncio from logging "exception was never retrieved"."""
     if not future.cancelled():
         future.exception()
 
@@ -68,7 +68,7 @@ async def call_aio(
     finally:
         if not future.done():
             future.cancel()
-            future.add_done_callback(_retrieve)
+            future.add_done_callback(retrieve)
     if not done.is_set():
         raise BridgeTimeout(f"no answer within {timeout_s:g} s")
     return future.result()
