@@ -167,3 +167,35 @@ async def test_a_symbol_nobody_subscribes_to_costs_no_live_work(autojump_clock):
     assert hub.last_id == 3  # none for ETH
     assert hub.subscribe(frozenset({"ETH"}), last_id=3).reset is True
     assert hub.subscribe(frozenset({"BTC"}), last_id=3).reset is False
+
+
+@attrs.define
+class RecordingSink:
+    """An owned connection's sink that keeps what the hub writes."""
+
+    written: list[bytes] = attrs.field(factory=list)
+
+    def flush(self, subscriber):
+        self.written.append(subscriber.take())
+
+    def end(self):
+        pass
+
+
+async def test_a_flush_s_live_events_are_written_before_its_webhooks_are_answered():
+    """The event is the product's latency: when a webhook learns its batch is stored, the
+    hub has already written that batch's event to the subscriber's socket. (trio runs a
+    pass's tasks in either order, so without the writer's `_events_first` about half of
+    these twenty would find nothing written yet.)"""
+    store = FakeStore()
+    hub = Hub(retain=100, client_buffer=100, next_id=1)
+    watcher = hub.subscribe(frozenset({"BTC"}))
+    watcher.sink = sink = RecordingSink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        pipeline = await open_pipeline(nursery, store, HubPublisher(hub))
+        for n in range(20):
+            receipt = await pipeline.submit([part("BTC", 1, f"{n}-")], 1)
+            await receipt.done.wait()
+            assert ids(b"".join(sink.written)) == list(range(1, n + 2))
+        nursery.cancel_scope.cancel()
