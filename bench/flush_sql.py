@@ -8,6 +8,9 @@ goes inside it). In the same run, for ratios:
 
 - a bare COPY of the same rows into a temporary table without keys (the ceiling of COPY),
 - one `SELECT 1` round trip through the trio → asyncio bridge,
+- the same flush statement, and `SELECT 1`, on one asyncpg connection in a plain asyncio loop
+  (no bridge, no pool, no tickhub around it): the floor of the database step of any event
+  path that commits before it publishes, on this stack (with `--size 1`: a one-tick flush),
 - with `--what-if`: RAW_AUDIT=0 beside RAW_AUDIT=1, and no symbol live (nobody subscribes:
   the flush returns keys only) beside every symbol live, flush by flush in turn.
 
@@ -17,6 +20,7 @@ Prints one JSON line and appends a row to bench/results/flush_sql.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import tempfile
 import time
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import trio
 
 from bench.machine import machine
 from bench.report import RESULTS_DIR, append_row, now_stamp, run_bench
@@ -39,7 +44,7 @@ RESULTS = RESULTS_DIR / "flush_sql.md"
 COLUMNS = [
     "date", "rows/flush", "flushes", "flush ms", "DB-only rows/s", "COPY-only rows/s",
     "DB-only ÷ COPY-only", "round trip ms", "raw audit on rows/s", "raw audit off rows/s",
-    "none live rows/s",
+    "none live rows/s", "bare asyncpg flush ms", "bare asyncpg round trip ms",
 ]  # fmt: skip
 STAGE_COLUMNS = ["symbol", "idem_key", "ts_us", "price", "volume", "source", "received_us"]
 
@@ -107,6 +112,31 @@ async def interleaved(db, args, variants: dict[str, Any], base_us: int) -> dict:
     return {name: round(args.size * args.flushes / t) for name, t in spent.items()}
 
 
+def bare_asyncpg(url: str, flushes: list[list[TickColumns]]) -> tuple[float, float]:
+    """(flush ms, `SELECT 1` ms), on average, on one asyncpg connection in a plain asyncio
+    loop of its own (run it in a thread): the statement with nothing of tickhub around it."""
+
+    async def run() -> tuple[float, float]:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.set_type_codec(
+                "numeric", encoder=str, decoder=float, schema="pg_catalog", format="text"
+            )
+            sql = flush_statement(raw_audit=True)
+            started = time.perf_counter()
+            for parts in flushes:
+                await conn.fetch(sql, *flush_arguments(parts))
+            flush_s = (time.perf_counter() - started) / len(flushes)
+            started = time.perf_counter()
+            for _ in range(200):
+                await conn.fetchval("SELECT 1")
+            return 1000 * flush_s, (time.perf_counter() - started) / 200 * 1000
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 async def what_ifs(db, args, base_us: int) -> dict:
     """The writer's call with RAW_AUDIT=0 beside RAW_AUDIT=1, and with no symbol live (no
     one subscribes: keys back, no candles) beside every symbol live, flush by flush in turn."""
@@ -153,6 +183,13 @@ async def main(args: argparse.Namespace) -> dict:
                 for _ in range(200):
                     await db.fetchval("SELECT 1")
                 round_trip_ms = (time.perf_counter() - started) / 200 * 1000
+                flushes = [
+                    parts_for("b", n, args.size, base_us + 8_000_000_000)
+                    for n in range(args.flushes)
+                ]
+                bare_flush_ms, bare_round_trip_ms = await trio.to_thread.run_sync(
+                    bare_asyncpg, url, flushes
+                )
         finally:
             pg.stop()
     rows = args.size * args.flushes
@@ -166,6 +203,8 @@ async def main(args: argparse.Namespace) -> dict:
         "copy_only_rows_per_s": round(rows / copy_s),
         "db_only_over_copy_only": round(copy_s / db_only_s, 3),
         "round_trip_ms": round(round_trip_ms, 3),
+        "bare_asyncpg_flush_ms": round(bare_flush_ms, 3),
+        "bare_asyncpg_round_trip_ms": round(bare_round_trip_ms, 3),
         "what_if_db_only_rows_per_s": what_if,
     }
 
@@ -180,7 +219,8 @@ def record(result: dict) -> None:
             result["db_only_rows_per_s"], result["copy_only_rows_per_s"],
             result["db_only_over_copy_only"], result["round_trip_ms"],
             what_if.get("raw_audit_on", "-"), what_if.get("raw_audit_off", "-"),
-            what_if.get("none_live", "-"),
+            what_if.get("none_live", "-"), result["bare_asyncpg_flush_ms"],
+            result["bare_asyncpg_round_trip_ms"],
         ],
     )  # fmt: skip
 
