@@ -9,6 +9,7 @@ import time
 
 import trio
 
+import tickhub.actors.hub as hub_module
 from tickhub.actors.hub import Hub
 
 HELLO = b"hello\n\n"
@@ -219,6 +220,59 @@ async def test_an_idle_conflator_keeps_no_state(autojump_clock):
         hub.unsubscribe(sub)
         assert hub._conflators == {}
         nursery.cancel_scope.cancel()
+
+
+class CountingSink:
+    """An owned connection that counts its writes and the events in them."""
+
+    def __init__(self, writes: list[int]) -> None:
+        self.writes = writes
+
+    def flush(self, sub) -> None:
+        self.writes.append(sub.take().count(b"\nid: ") + 1)
+
+    def end(self) -> None:
+        pass
+
+
+async def test_symbols_due_together_are_handed_out_a_slice_of_writes_per_pass(
+    autojump_clock, monkeypatch
+):
+    """100 symbols that one batch moved together come due together; each pass of the hub
+    hands out the events of only about CONFLATED_PASS_WRITES of their clients, so no pass
+    writes to all 1,000 at once (the later ones go a pass later, and drift apart). Each
+    client still gets its symbol's latest once per interval, and a client of every symbol
+    gets each pass's events in one write."""
+    monkeypatch.setattr(hub_module, "CONFLATED_PASS_WRITES", 50)
+    hub = Hub(retain=10_000, client_buffer=100, next_id=1)
+    passes: list[int] = []  # the connections each pass writes to
+    flush_in_slices = Hub._flush_in_slices
+
+    async def counted(self) -> None:
+        passes.append(len(self._dirty))
+        await flush_in_slices(self)
+
+    monkeypatch.setattr(Hub, "_flush_in_slices", counted)
+    writes: dict[str, list[int]] = {}
+    for n in range(100):
+        for k in range(10):
+            sub = hub.subscribe(frozenset({f"S{n}"}), conflate_s=0.25)
+            sub.sink = CountingSink(writes.setdefault(f"S{n}/{k}", []))
+    everything = hub.subscribe(None, conflate_s=0.25)
+    everything.sink = CountingSink(all_writes := [])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        for step in range(10):  # every symbol ticks every 100 ms, in one batch, for 1 s
+            for n in range(100):
+                hub.publish(f"S{n}", [tick(step)])
+            await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    passes = [p for p in passes if p]
+    due_passes = passes[1:]  # the first: every symbol's first tick, at once (none was due)
+    assert passes[0] == 1001 and max(due_passes) <= 50 + 10 + 1
+    assert all(len(w) == 4 for w in writes.values())  # at 0 s, then once per interval
+    assert sum(all_writes) == 400  # every symbol's four, to the client of every symbol
+    assert len(all_writes) == len(passes)  # one write per pass that had events for it
 
 
 class SlowSink:
