@@ -197,8 +197,7 @@ class Writer:
             await _reply([req for ready in batch if ready not in live for req in ready.requests])
         finally:
             self._inflight -= 1
-            self._start_due()
-            self._notify()
+            self._notify()  # the scheduler starts what waited for this slot
 
     async def _write(self, batch: list[_Ready]) -> None:
         requests = [req for ready in batch for req in ready.requests]

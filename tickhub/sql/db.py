@@ -72,6 +72,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class Database:
     pool: asyncpg.Pool
     timeout_s: float = 5.0  # the deadline of a call that names none
+    # Releases under way (`_one`): asyncio keeps only weak references to its tasks.
+    _releases: set[asyncio.Task] = attrs.field(factory=set, init=False)
 
     async def run(self, work: Work[T], *args: Any, timeout_s: float | None = None) -> T:
         """Run `work(conn, *args)` (an asyncio coroutine function) on one pooled connection."""
@@ -105,7 +107,13 @@ class Database:
         try:
             return await getattr(conn, method)(sql, *args)
         finally:
-            asyncio.ensure_future(self.pool.release(conn)).add_done_callback(retrieve)
+            release = asyncio.ensure_future(self.pool.release(conn))
+            self._releases.add(release)
+            release.add_done_callback(self._released)
+
+    def _released(self, release: asyncio.Task) -> None:
+        self._releases.discard(release)
+        retrieve(release)
 
     async def fetch_outcome(
         self, sql: str, *args: Any, answer_s: float, probe_s: float, patience_s: float
