@@ -236,7 +236,8 @@ class Writer:
         metrics.FLUSH_SECONDS.observe(trio.current_time() - started)
         try:
             await _reply(requests, stored)
-            await _events_first()
+            if any(r.live for r in requests):
+                await _events_first()
         finally:
             _settle(requests, stored)  # the answers (202), whatever happens
 
